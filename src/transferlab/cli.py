@@ -1,0 +1,197 @@
+"""The `transferlab` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_STORE = Path("runs/transferlab.db")
+
+
+def _add_overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="data source: cifar10 | imagefolder:PATH | synthetic[:N]")
+    p.add_argument("--subset", type=int, help="train images per class (and a proportional test share)")
+    p.add_argument("--epochs", type=int, help="epochs for every experiment")
+    p.add_argument("--store", type=Path, help="SQLite store (default: the config's, runs/transferlab.db)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="transferlab", description="Transfer-learning studies on "
+                                 "CIFAR-10 or any image folder, resumable, with an honest report.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="run (or resume) every experiment of a study")
+    p.add_argument("config", type=Path)
+    _add_overrides(p)
+    p.add_argument("--data-root", type=Path, help="download / decode cache (default ~/.cache/transferlab)")
+    p.add_argument("--only", metavar="GLOB", help="run only experiments whose name matches")
+    p.add_argument("--rerun", metavar="GLOB", help="forget matching results and run them again")
+    p.add_argument("--retry-failed", action="store_true", help="run failed experiments again")
+    p.add_argument("--dry-run", action="store_true", help="say what would run, with a rough time")
+    p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    for name, text in (("status", "a table of the study"), ("report", "results and the best model")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
+        _add_overrides(p)
+    p = sub.add_parser("show", help="everything recorded about one experiment")
+    p.add_argument("name")
+    p.add_argument("config", type=Path, nargs="?")
+    _add_overrides(p)
+    sub.add_parser("models", help="known models and whether their weights work offline")
+    p = sub.add_parser("notebook", help="execute the study notebook, write .ipynb and .html")
+    p.add_argument("config", type=Path)
+    _add_overrides(p)
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--timeout", type=int, default=0, help="seconds per cell (0 = none)")
+    return ap
+
+
+def _load(args):
+    from .config import load_study
+    from .data import fingerprint
+    study = load_study(args.config, data=args.data, subset=args.subset, epochs=args.epochs,
+                       fingerprint=fingerprint)
+    if args.store:
+        study.store = args.store
+    return study
+
+
+def _overrides(args) -> dict:
+    return {k: getattr(args, k) for k in ("data", "subset", "epochs")
+            if getattr(args, k, None) is not None}
+
+
+def cmd_run(args) -> int:
+    from .study import Runner, say
+    study = _load(args)
+    runner = Runner(study, data_root=args.data_root, device=args.device,
+                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args))
+    if args.rerun:
+        say("will run again: " + ", ".join(runner.rerun(args.rerun)))
+    if args.dry_run:
+        from .estimate import dry_run
+        print(dry_run(runner, runner.select(args.only)))
+        return 0
+    say(f"study {study.name}: {len(study.experiments)} experiments, store {study.store}, "
+        f"device {runner.device}")
+    out = runner.run(only=args.only, retry_failed=args.retry_failed)
+    say(f"\ndone: {len(out.ran)} ran, {len(out.skipped)} already finished or skipped, "
+        f"{len(out.busy)} held by other runners, {len(out.failed)} failed")
+    for name, reason in out.failed:
+        say(f"  {name}: {reason}")
+    return 1 if out.failed else 0
+
+
+def _members(args):
+    """Experiments and externals of the study named by CONFIG, else of the last one run."""
+    from .store import Store
+    if args.config:
+        study = _load(args)
+        store = Store(study.store, create=False)
+        return store, [(e.name, e.id) for e in study.experiments], \
+            [x.__dict__ for x in study.externals], study.name
+    store = Store(args.store or DEFAULT_STORE, create=False)
+    st = store.study()
+    if st is None:
+        raise UserError(f"{store.path} holds no study yet; run one: transferlab run CONFIG")
+    return store, st["members"], st["externals"], st["name"]
+
+
+def cmd_status(args) -> int:
+    from .report import format_table, study_rows
+    store, members, externals, name = _members(args)
+    rows = study_rows(store, members, externals)
+    print(f"study {name} ({store.path})")
+    print(format_table(rows))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import best_row, best_summary, format_table, study_rows
+    store, members, externals, name = _members(args)
+    rows = study_rows(store, members, externals)
+    print(f"study {name} ({store.path})\n")
+    print(format_table(rows))
+    best = best_row(rows)
+    print()
+    if best is None:
+        print("no finished experiment with a validation accuracy yet: nothing to choose from")
+        return 0
+    print("\n".join(best_summary(store, best)))
+    return 0
+
+
+def cmd_show(args) -> int:
+    from .report import format_details
+    from .train import format_epoch
+    store, members, _, _ = _members(args)
+    ids = dict(members)
+    if args.name not in ids:
+        raise UserError(f"no experiment {args.name!r} in this study; known: {', '.join(ids)}")
+    e = store.get(ids[args.name])
+    if e is None:
+        raise UserError(f"{args.name!r} is not in the store yet; run the study first")
+    cfg = json.loads(e["config"])
+    print(f"{args.name}  id {e['id']}  status {e['status']}"
+          + (f" ({e['reason']})" if e["reason"] else ""))
+    if e["details"]:
+        print("\n".join(format_details(json.loads(e["details"]))))
+    else:
+        print("  config: " + json.dumps(cfg, indent=1))
+    for row in store.epochs(e["id"]):
+        print(format_epoch(row, cfg["epochs"]))
+    res = store.result(e["id"])
+    if res:
+        val = f"{res['val_acc']:.2%}" if res["val_acc"] is not None else "-"
+        print(f"  val acc {val}  test acc {res['test_acc']:.2%} (no TTA "
+              f"{res['test_acc_no_tta']:.2%})  time {res['total_seconds']:.0f}s  "
+              f"peak memory {res['peak_mem_mb']:.0f} MB")
+        env = store.environment(e["id"]) or {}
+        print("  environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import catalogue
+    rows = catalogue()
+    keys = list(rows[0])
+    widths = [max(len(k), *(len(r[k]) for r in rows)) for k in keys]
+    print("  ".join(k.ljust(w) for k, w in zip(keys, widths)))
+    for r in rows:
+        print("  ".join(r[k].ljust(w) for k, w in zip(keys, widths)))
+    print("\nAny timm or torchvision model name works; weights = \"imagenet\" needs the hub "
+          "(internet or a filled cache) except where marked offline.")
+    return 0
+
+
+def cmd_notebook(args) -> int:
+    from .notebook import execute
+    paths = execute(args.config, out_dir=args.out, data=args.data, subset=args.subset,
+                    epochs=args.epochs, store=args.store, data_root=args.data_root,
+                    timeout=args.timeout or None)
+    for p in paths:
+        print(p)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "show": cmd_show,
+            "models": cmd_models, "notebook": cmd_notebook}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.cmd](args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

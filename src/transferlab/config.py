@@ -1,0 +1,418 @@
+"""Study configs: typed specs, strict TOML loading, grid expansion and stable experiment ids.
+
+A study file has four kinds of table:
+
+    [study]        name, data source, subset, validation fraction, store path
+    [defaults]     experiment settings shared by every experiment
+    [[experiment]] one experiment (settings override the defaults)
+    [[grid]]       list-valued settings expand to their cartesian product
+    [[external]]   a result obtained elsewhere (name + accuracy), shown in tables and the chart
+
+An experiment is a pure function of its resolved spec, so its id is a hash of that spec
+(the display name is left out: renaming an experiment does not retrain it).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import itertools
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+REGIMES = ("linear", "last:K", "full", "scratch", "gradual")
+SCHEDULES = ("cosine", "onecycle", "constant")
+OPTIMIZERS = ("sgd", "adamw")
+AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NORMALIZE = ("auto", "imagenet", "inception")
+FITS = ("auto", "features", "backprop")
+HEADS = ("linear", "mlp")
+INITS = ("default", "kaiming", "trunc_normal")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,79}$")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: str = "linear"
+    hidden: tuple = (512,)
+    dropout: float = 0.2
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = "cifar10"
+    subset: int = 0  # train images per class; 0 = all
+    val_fraction: float = 0.1
+    cache_size: int = 0  # side of cached images for folders of large photos; 0 = auto
+    fingerprint: str = ""  # content key, filled in when the study is resolved
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    name: str
+    model: str
+    weights: str = "imagenet"  # imagenet | none | file:PATH | a torchvision weight enum name
+    regime: str = "linear"  # linear | last:K | full | scratch | gradual
+    head: HeadSpec = field(default_factory=HeadSpec)
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    epochs: int = 10
+    batch_size: int = 128
+    resolution: int = 0  # 0 = the data's native size
+    augment: str = "crop_flip"
+    label_smoothing: float = 0.1
+    precision: str = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    tta: bool = True
+    seed: int = 0
+    layer_decay: float = 1.0  # layer-wise LR decay for full fine-tuning; 1 = off
+    fit: str = "auto"  # frozen backbones: cached features, or backprop with augmentation
+    probe_wd: tuple = (0.0, 1e-4, 1e-3, 1e-2)  # weight decays tried on validation (features fit)
+    gradual_head_epochs: int = 1
+    gradual_lr_scale: float = 0.1
+    normalize: str = "auto"
+    init: str = "default"  # random-init scheme for scratch / new layers
+    data: DataSpec = field(default_factory=DataSpec)
+
+    @property
+    def id(self) -> str:
+        return experiment_id(self)
+
+    @property
+    def frozen_backbone(self) -> bool:
+        return self.regime == "linear"
+
+    @property
+    def uses_features(self) -> bool:
+        """Frozen backbone fitted on cached features (no per-epoch backbone forward)."""
+        return self.frozen_backbone and self.fit in ("auto", "features") and self.model != "baseline"
+
+    @property
+    def last_k(self) -> int | None:
+        return int(self.regime.split(":")[1]) if self.regime.startswith("last:") else None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ExternalResult:
+    name: str
+    test_acc: float
+    val_acc: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path | None
+    data: DataSpec
+    experiments: list[ExperimentSpec]
+    externals: list[ExternalResult]
+    store: Path
+    runs_dir: Path
+
+    def find(self, name: str) -> ExperimentSpec:
+        for e in self.experiments:
+            if e.name == name:
+                return e
+        raise UserError(f"no experiment named {name!r} in study {self.name!r}; "
+                        f"known: {', '.join(e.name for e in self.experiments)}")
+
+
+def experiment_id(spec: ExperimentSpec) -> str:
+    d = spec.to_dict()
+    d.pop("name")
+    blob = json.dumps(d, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def spec_from_dict(d: dict) -> ExperimentSpec:
+    """Rebuild a spec stored as JSON (the inverse of `to_dict`)."""
+    d = dict(d)
+    d["head"] = HeadSpec(**{**d["head"], "hidden": tuple(d["head"]["hidden"])})
+    d["optimizer"] = OptimizerSpec(**{**d["optimizer"], "betas": tuple(d["optimizer"]["betas"])})
+    d["data"] = DataSpec(**d["data"])
+    d["probe_wd"] = tuple(d["probe_wd"])
+    return ExperimentSpec(**d)
+
+
+# ---------------------------------------------------------------- strict parsing
+
+_STUDY_KEYS = {"name": str, "data": str, "subset": int, "val_fraction": float,
+               "cache_size": int, "store": str, "runs_dir": str}
+_CHOICES = {"regime": REGIMES, "schedule": SCHEDULES, "augment": AUGMENTS,
+            "precision": PRECISIONS, "normalize": NORMALIZE, "fit": FITS, "init": INITS,
+            "optimizer.name": OPTIMIZERS, "head.kind": HEADS}
+
+
+class _Ctx:
+    """Where a value came from, for error messages."""
+
+    def __init__(self, file: str):
+        self.file = file
+
+    def fail(self, where: str, msg: str) -> UserError:
+        return UserError(f"{self.file}: {where}: {msg}")
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _unknown_key(ctx, where, key, valid) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return ctx.fail(where, f"unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(valid))}")
+
+
+def _coerce(ctx, where: str, key: str, value, default):
+    """Check a TOML value against the type of the dataclass default."""
+    want = type(default)
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list)
+        value = tuple(value) if ok else value
+        want = list
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        raise ctx.fail(where, f"{key} must be {want.__name__}, got {value!r} ({type(value).__name__})")
+    choices = _CHOICES.get(key)
+    if choices:
+        if key == "regime" and re.fullmatch(r"last:[1-9][0-9]*", str(value)):
+            return value
+        if value not in choices:
+            raise ctx.fail(where, f"{key} = {value!r} is not valid; choose one of {', '.join(choices)}")
+    return value
+
+
+def _merge_section(ctx, where: str, cls, base: dict, overrides: dict, prefix: str) -> dict:
+    fields = _field_types(cls)
+    out = dict(base)
+    for key, value in overrides.items():
+        if key not in fields:
+            raise _unknown_key(ctx, where, key, list(fields))
+        default = fields[key].default
+        out[key] = _coerce(ctx, where, prefix + key, value, default)
+    return out
+
+
+_NESTED = {"head": HeadSpec, "optimizer": OptimizerSpec}
+_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data"}
+
+
+def _merge_experiment(ctx, where: str, base: dict, table: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in table.items():
+        if key not in _EXPERIMENT_FIELDS:
+            raise _unknown_key(ctx, where, key, _EXPERIMENT_FIELDS)
+        if key in _NESTED:
+            if not isinstance(value, dict):
+                raise ctx.fail(where, f"{key} must be a table, e.g. {key} = {{ ... }}")
+            out[key] = _merge_section(ctx, f"{where}.{key}", _NESTED[key], out[key], value, key + ".")
+        elif key in ("name", "model"):
+            if not isinstance(value, str):
+                raise ctx.fail(where, f"{key} must be a string, got {value!r}")
+            out[key] = value
+        else:
+            default = ExperimentSpec.__dataclass_fields__[key].default
+            if isinstance(default, dataclasses._MISSING_TYPE):
+                default = ExperimentSpec.__dataclass_fields__[key].default_factory()
+            out[key] = _coerce(ctx, where, key, value, default)
+    return out
+
+
+def _default_experiment_dict() -> dict:
+    spec = ExperimentSpec(name="_", model="_")
+    d = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    d["head"] = dataclasses.asdict(spec.head)
+    d["optimizer"] = dataclasses.asdict(spec.optimizer)
+    d.pop("data")
+    return d
+
+
+def _auto_name(d: dict) -> str:
+    model = d["model"].split(":")[-1].replace("efficientnet_", "")
+    parts = [model, d["regime"].replace(":", "")]
+    if d["head"]["kind"] == "mlp":
+        parts.append("mlp")
+    return "-".join(parts)
+
+
+def _build(ctx, where: str, d: dict, data: DataSpec) -> ExperimentSpec:
+    if d.get("model") in (None, "_"):
+        raise ctx.fail(where, "model is required, e.g. model = \"efficientnet_lite0\" "
+                       "(see `transferlab models`)")
+    if not d.get("name") or d["name"] == "_":
+        d["name"] = _auto_name(d)
+    if not NAME_RE.match(d["name"]):
+        raise ctx.fail(where, f"name {d['name']!r} is not allowed: use letters, digits, "
+                       "'.', '_', '+', '-' (it becomes a folder name under the runs directory)")
+    head = HeadSpec(**{**d["head"], "hidden": tuple(d["head"]["hidden"])})
+    opt = OptimizerSpec(**{**d["optimizer"], "betas": tuple(d["optimizer"]["betas"])})
+    spec = ExperimentSpec(**{**d, "head": head, "optimizer": opt, "data": data})
+    _check_values(ctx, where, spec)
+    return spec
+
+
+def _check_values(ctx, where: str, s: ExperimentSpec) -> None:
+    checks = [
+        (s.epochs >= 1, "epochs must be at least 1"),
+        (s.batch_size >= 1, "batch_size must be at least 1"),
+        (s.resolution >= 0, "resolution must be 0 (native) or a positive size in pixels"),
+        (s.optimizer.lr > 0, "optimizer.lr must be positive"),
+        (0 <= s.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
+        (0 < s.layer_decay <= 1, "layer_decay must be in (0, 1]"),
+        (0 <= s.head.dropout < 1, "head.dropout must be in [0, 1)"),
+        (s.regime != "gradual" or s.gradual_head_epochs < s.epochs,
+         "gradual_head_epochs must be smaller than epochs"),
+        (s.model != "baseline" or s.regime == "scratch",
+         "the baseline CNN has no pretrained weights: use regime = \"scratch\""),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ctx.fail(where, msg)
+
+
+def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
+    axes = {k: v for k, v in table.items() if isinstance(v, list) and k not in ("probe_wd",)}
+    fixed = {k: v for k, v in table.items() if k not in axes}
+    if any(k == "hidden" for k in axes):
+        raise ctx.fail(where, "head.hidden cannot be a grid axis")
+    out = []
+    for combo in itertools.product(*axes.values()):
+        t = dict(fixed)
+        t.update(dict(zip(axes, combo)))
+        if "name" in t:
+            try:
+                t["name"] = t["name"].format(**{k: str(v).replace(":", "") for k, v in t.items()
+                                               if not isinstance(v, dict)})
+            except KeyError as e:
+                raise ctx.fail(where, f"name template refers to unknown key {e}")
+        out.append(t)
+    return out
+
+
+def load_study(path: str | Path, data: str | None = None, subset: int | None = None,
+               epochs: int | None = None, fingerprint=None) -> Study:
+    """Load and resolve a study file; command-line overrides win over the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; studies ship in configs/ "
+                        "(e.g. configs/cifar10-quick.toml)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: not valid TOML: {e}") from None
+    return parse_study(raw, str(path), data=data, subset=subset, epochs=epochs,
+                       fingerprint=fingerprint, base_dir=Path.cwd())
+
+
+def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epochs=None,
+                fingerprint=None, base_dir: Path | None = None) -> Study:
+    ctx = _Ctx(file)
+    allowed = {"study", "defaults", "experiment", "grid", "external"}
+    for key in raw:
+        if key not in allowed:
+            raise _unknown_key(ctx, "top level", key, allowed)
+    st = raw.get("study", {})
+    for key, value in st.items():
+        if key not in _STUDY_KEYS:
+            raise _unknown_key(ctx, "[study]", key, _STUDY_KEYS)
+        want = _STUDY_KEYS[key]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ctx.fail("[study]", f"{key} must be {want.__name__}, got {value!r}")
+    name = st.get("name") or Path(file).stem
+    if not NAME_RE.match(name):
+        raise ctx.fail("[study]", f"name {name!r} is not allowed (letters, digits, . _ + -)")
+    dspec = DataSpec(source=data or st.get("data", "cifar10"),
+                     subset=subset if subset is not None else st.get("subset", 0),
+                     val_fraction=float(st.get("val_fraction", 0.1)),
+                     cache_size=st.get("cache_size", 0))
+    if not 0 <= dspec.val_fraction < 1:
+        raise ctx.fail("[study]", "val_fraction must be in [0, 1)")
+    if dspec.subset < 0:
+        raise ctx.fail("[study]", "subset must be 0 (all) or a positive number of images per class")
+    if fingerprint is not None:
+        dspec = dataclasses.replace(dspec, fingerprint=fingerprint(dspec.source))
+
+    base = _default_experiment_dict()
+    base = _merge_experiment(ctx, "[defaults]", base, raw.get("defaults", {}))
+    tables = [(f"[[experiment]] #{i + 1}", t) for i, t in enumerate(raw.get("experiment", []))]
+    for i, g in enumerate(raw.get("grid", [])):
+        tables += [(f"[[grid]] #{i + 1}", t) for t in _expand_grid(ctx, f"[[grid]] #{i + 1}", g)]
+    experiments = []
+    for where, table in tables:
+        d = _merge_experiment(ctx, where, base, table)
+        if epochs is not None:
+            d["epochs"] = epochs
+            d["gradual_head_epochs"] = min(d["gradual_head_epochs"], max(epochs - 1, 0))
+            if d["regime"] == "gradual" and epochs < 2:
+                d["regime"] = "full"  # one epoch leaves no room for two phases
+        experiments.append(_build(ctx, where, d, dspec))
+    _check_unique(ctx, experiments)
+    externals = [_parse_external(ctx, i, t) for i, t in enumerate(raw.get("external", []))]
+    base_dir = base_dir or Path.cwd()
+    runs_dir = base_dir / st.get("runs_dir", "runs")
+    store = base_dir / st.get("store", str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
+    return Study(name, Path(file) if file != "<config>" else None, dspec, experiments,
+                 externals, store, runs_dir)
+
+
+def _check_unique(ctx, experiments: list[ExperimentSpec]) -> None:
+    names, ids = {}, {}
+    for e in experiments:
+        if e.name in names:
+            raise ctx.fail("experiments", f"two experiments are named {e.name!r}: give each a "
+                           "unique name (set name = \"...\")")
+        if e.id in ids:
+            raise ctx.fail("experiments", f"{e.name!r} and {ids[e.id]!r} have identical settings;"
+                           " remove one (they would be the same experiment)")
+        names[e.name] = e
+        ids[e.id] = e.name
+
+
+def _parse_external(ctx, i: int, t: dict) -> ExternalResult:
+    where = f"[[external]] #{i + 1}"
+    fields = _field_types(ExternalResult)
+    for key in t:
+        if key not in fields:
+            raise _unknown_key(ctx, where, key, list(fields))
+    if "name" not in t or "test_acc" not in t:
+        raise ctx.fail(where, "an external result needs name and test_acc (a fraction, e.g. 0.93)")
+    acc = t["test_acc"]
+    if not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+        raise ctx.fail(where, f"test_acc must be a fraction in [0, 1], got {acc!r}")
+    return ExternalResult(name=t["name"], test_acc=float(acc), val_acc=t.get("val_acc"),
+                          note=t.get("note", ""))

@@ -1,0 +1,360 @@
+"""Data sources decoded once into uint8 tensors, and the train / val / test splits.
+
+Sources:
+    cifar10              the real CIFAR-10, through torchvision's download
+    imagefolder:PATH     a folder or .tar.gz with train/<class>/* and test/<class>/* (or val/)
+    synthetic[:N]        generated, learnable images for tests (N train images per class)
+
+Whatever the source, images are decoded once into an (N, H, W, 3) uint8 tensor cached on
+disk under a content key; later runs and epochs never touch PIL again.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import math
+import os
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import DataSpec
+from .errors import UserError
+from .util import atomic_save, safe_load
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+TEST_SPLIT_NAMES = ("test", "val")
+CACHE_VERSION = 1
+
+
+@dataclass
+class Splits:
+    """Tensors of one study's data: uint8 NHWC images and int64 labels per split."""
+    classes: list[str]
+    x: dict[str, torch.Tensor]
+    y: dict[str, torch.Tensor]
+    description: str
+    skipped: list[str] = field(default_factory=list)  # bad images skipped on decode
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.x["train"].shape[1])
+
+    def counts(self) -> dict[str, list[int]]:
+        return {s: torch.bincount(y, minlength=self.num_classes).tolist() for s, y in self.y.items()}
+
+
+# ------------------------------------------------------------------ source parsing
+
+def parse_source(source: str) -> tuple[str, str]:
+    kind, _, arg = source.partition(":")
+    if kind not in ("cifar10", "imagefolder", "synthetic"):
+        raise UserError(f"unknown data source {source!r}: use cifar10, imagefolder:PATH "
+                        "(a folder or .tar.gz with train/ and test/), or synthetic")
+    if kind == "imagefolder":
+        if not arg:
+            raise UserError("imagefolder needs a path: imagefolder:/path/to/folder-or.tar.gz")
+        path = Path(arg).expanduser()
+        if not path.exists():
+            raise UserError(f"data path {path} does not exist; pass an existing folder or .tar.gz "
+                            "holding train/<class>/ and test/<class>/ (e.g. "
+                            "--data imagefolder:../shared/data/cifar10-jpeg.tar.gz)")
+        arg = str(path.resolve())
+    return kind, arg
+
+
+def fingerprint(source: str) -> str:
+    """A cheap content key: it changes when the data changes, not when it is moved."""
+    kind, arg = parse_source(source)
+    if kind == "cifar10":
+        return "cifar10-torchvision"
+    if kind == "synthetic":
+        return f"synthetic-{arg or 'default'}"
+    path = Path(arg)
+    h = hashlib.sha256()
+    if path.is_file():
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    else:
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                h.update(f"{p.relative_to(path)}:{p.stat().st_size}\n".encode())
+    return f"folder-{h.hexdigest()[:16]}"
+
+
+# ------------------------------------------------------------------ decoding
+
+def decode_image(raw: bytes, name: str) -> np.ndarray:
+    """Any mode (L, RGBA, P, I;16, CMYK) to an HWC uint8 RGB array."""
+    from PIL import Image
+    with Image.open(io.BytesIO(raw)) as img:
+        img.load()
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float64)
+            peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+            gray = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        if img.mode in ("RGBA", "LA"):
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.split()[3])
+            return np.asarray(canvas)
+        return np.asarray(img.convert("RGB"))
+
+
+def _square_resize(arr: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side to `size`, then a centre crop: one fixed size for the tensor cache."""
+    from PIL import Image
+    h, w = arr.shape[:2]
+    if (h, w) == (size, size):
+        return arr
+    img = Image.fromarray(arr)
+    scale = size / min(h, w)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
+class _FolderReader:
+    """Lists and reads train/test image files from a folder or a tar archive."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tar = tarfile.open(path, "r:*") if path.is_file() else None
+        if self.tar is None and not path.is_dir():
+            raise UserError(f"{path} is neither a folder nor a tar archive")
+        self.members = self._list()
+
+    def _list(self) -> dict[str, dict[str, list]]:
+        entries: dict[str, dict[str, list]] = {}
+        names = ([m for m in self.tar.getmembers() if m.isfile()] if self.tar
+                 else [p for p in sorted(self.path.rglob("*")) if p.is_file()])
+        for item in names:
+            rel = item.name if self.tar else str(item.relative_to(self.path))
+            parts = [p for p in Path(rel).parts if p not in (".",)]
+            # accept an optional single top folder: top/train/<class>/file
+            if len(parts) == 4 and parts[1] in ("train", *TEST_SPLIT_NAMES):
+                parts = parts[1:]
+            if len(parts) != 3 or parts[0] not in ("train", *TEST_SPLIT_NAMES):
+                continue
+            split, cls, fname = parts
+            if fname.startswith(".") or Path(fname).suffix.lower() not in IMAGE_EXTS:
+                continue  # non-image files are ignored
+            entries.setdefault(split, {}).setdefault(cls, []).append(item)
+        # class folders with no image files at all still count, to report them as empty
+        if self.tar is None:
+            for split in ("train", *TEST_SPLIT_NAMES):
+                d = self.path / split
+                if d.is_dir():
+                    for c in d.iterdir():
+                        if c.is_dir():
+                            entries.setdefault(split, {}).setdefault(c.name, [])
+        else:
+            for m in self.tar.getmembers():
+                parts = Path(m.name).parts
+                if m.isdir() and len(parts) >= 2 and parts[-2] in ("train", *TEST_SPLIT_NAMES):
+                    entries.setdefault(parts[-2], {}).setdefault(parts[-1], [])
+        return entries
+
+    def read(self, item) -> bytes:
+        if self.tar:
+            return self.tar.extractfile(item).read()
+        return Path(item).read_bytes()
+
+    def name(self, item) -> str:
+        return item.name if self.tar else str(item)
+
+
+def _check_layout(path: Path, entries: dict) -> tuple[str, list[str]]:
+    test_name = next((s for s in TEST_SPLIT_NAMES if s in entries), None)
+    if "train" not in entries or test_name is None:
+        found = ", ".join(sorted(entries)) or "nothing usable"
+        raise UserError(f"{path}: expected train/<class>/<image> and test/<class>/<image> "
+                        f"(or val/), found {found}. Arrange the images in that layout.")
+    train_classes, test_classes = sorted(entries["train"]), sorted(entries[test_name])
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise UserError(f"{path}: train and {test_name} class folders differ (only in train: "
+                        f"{only_train or '-'}; only in {test_name}: {only_test or '-'}); "
+                        "both splits need the same class folders")
+    for split in ("train", test_name):
+        for cls in train_classes:
+            if not entries[split][cls]:
+                raise UserError(f"{path}: class folder {split}/{cls} holds no images "
+                                f"(accepted: {', '.join(sorted(IMAGE_EXTS))}); add images or "
+                                "remove the folder from both splits")
+    return test_name, train_classes
+
+
+def _decode_folder(path: Path, cache_size: int, skip_bad: bool):
+    reader = _FolderReader(path)
+    test_name, classes = _check_layout(path, reader.members)
+    arrays, skipped = {}, []
+    for split, out_name in (("train", "train"), (test_name, "test")):
+        imgs, labels = [], []
+        for label, cls in enumerate(classes):
+            for item in reader.members[split][cls]:
+                try:
+                    imgs.append(decode_image(reader.read(item), reader.name(item)))
+                    labels.append(label)
+                except Exception as e:  # PIL raises many types for broken files
+                    if not skip_bad:
+                        raise UserError(f"cannot decode image {reader.name(item)}: {e}. Replace "
+                                        "or delete it, or pass --skip-bad-images to skip such "
+                                        "files") from None
+                    skipped.append(reader.name(item))
+        arrays[out_name] = (imgs, labels)
+    sizes = {a.shape[:2] for imgs, _ in arrays.values() for a in imgs}
+    side = _cache_side(sizes, cache_size)
+    out = {}
+    for split, (imgs, labels) in arrays.items():
+        if not imgs:
+            raise UserError(f"{path}: no decodable images in {split}")
+        stacked = np.stack([_square_resize(a, side) if a.shape[:2] != (side, side) else a
+                            for a in imgs])
+        out[split] = (torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64))
+    return classes, out, skipped
+
+
+def _cache_side(sizes: set, cache_size: int) -> int:
+    if len(sizes) == 1:
+        (h, w), = sizes
+        if h == w and (cache_size == 0 or h <= cache_size):
+            return h  # already uniform and small: keep the native pixels
+    if cache_size:
+        return cache_size
+    return min(256, max(min(s) for s in sizes))
+
+
+def _load_cifar10(root: Path):
+    from torchvision.datasets import CIFAR10
+    out, classes = {}, _CIFAR_CLASSES
+    try:
+        for split, train in (("train", True), ("test", False)):
+            ds = CIFAR10(root=str(root / "cifar10"), train=train, download=True)
+            out[split] = (torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.int64))
+            classes = list(ds.classes)
+    except Exception as e:  # URLError, socket errors, HTTP errors
+        raise UserError(f"could not download CIFAR-10 into {root / 'cifar10'} ({e}). Without a "
+                        "network, use a local copy: --data imagefolder:PATH (a folder or .tar.gz "
+                        "with train/<class>/ and test/<class>/), e.g. "
+                        "--data imagefolder:../shared/data/cifar10-jpeg.tar.gz, or place "
+                        "cifar-10-python.tar.gz in that folder.") from None
+    return classes, out, []
+
+
+_CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                  "ship", "truck"]
+
+
+def synthetic(per_class: int = 60, test_per_class: int = 20, num_classes: int = 4,
+              size: int = 32, seed: int = 0):
+    """Learnable images: each class a colour and an oriented stripe pattern, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    out = {}
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        imgs, labels = [], []
+        for c in range(num_classes):
+            angle = math.pi * c / num_classes
+            stripes = torch.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 0.8)
+            colour = torch.tensor([(c * 67) % 256, (c * 131 + 60) % 256, (c * 29 + 120) % 256])
+            base = colour.view(1, 1, 3) * 0.6 + 60 * stripes[..., None]
+            noise = torch.randn(n, size, size, 3, generator=g) * 40
+            imgs.append((base + noise).clamp(0, 255).to(torch.uint8))
+            labels.append(torch.full((n,), c, dtype=torch.int64))
+        out[split] = (torch.cat(imgs), torch.cat(labels))
+    return [f"class{c}" for c in range(num_classes)], out, []
+
+
+# ------------------------------------------------------------------ cache and splits
+
+def decoded(spec: DataSpec, root: Path, skip_bad: bool = False, max_resolution: int = 0):
+    """Decode a source once; return (classes, {split: (x uint8 NHWC, y)}, skipped)."""
+    kind, arg = parse_source(spec.source)
+    if kind == "synthetic":
+        return synthetic(per_class=int(arg) if arg else 60)
+    key = spec.fingerprint or fingerprint(spec.source)
+    cache_size = spec.cache_size or (max_resolution if kind == "imagefolder" else 0)
+    cache = root / "cache" / f"{key}-{cache_size}-v{CACHE_VERSION}.pt"
+    if cache.exists():
+        blob = safe_load(cache)
+        return blob["classes"], blob["splits"], blob["skipped"]
+    log.info("decoding %s once into %s", spec.source, cache)
+    if kind == "cifar10":
+        classes, splits, skipped = _load_cifar10(root)
+    else:
+        classes, splits, skipped = _decode_folder(Path(arg), cache_size, skip_bad)
+    atomic_save({"classes": classes, "splits": splits, "skipped": skipped}, cache)
+    return classes, splits, skipped
+
+
+def _stratified_take(y: torch.Tensor, per_class: dict[int, int], seed: int) -> torch.Tensor:
+    """Deterministic: the first k of a seeded permutation within each class."""
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    picked = []
+    for c, k in per_class.items():
+        idx = perm[y[perm] == c]
+        picked.append(idx[:k])
+    return torch.sort(torch.cat(picked)).values if picked else torch.empty(0, dtype=torch.long)
+
+
+def make_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
+                max_resolution: int = 0) -> Splits:
+    classes, splits, skipped = decoded(spec, root, skip_bad, max_resolution)
+    (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
+    ncls = len(classes)
+    train_counts = torch.bincount(ytr, minlength=ncls)
+    test_counts = torch.bincount(yte, minlength=ncls)
+    if spec.subset:
+        take = {c: min(spec.subset, int(train_counts[c])) for c in range(ncls)}
+        idx = _stratified_take(ytr, take, seed=0)
+        xtr, ytr = xtr[idx], ytr[idx]
+        share = {c: min(int(test_counts[c]), max(1, math.ceil(
+            take[c] * int(test_counts[c]) / max(1, int(train_counts[c]))))) for c in range(ncls)}
+        idx = _stratified_take(yte, share, seed=1)
+        xte, yte = xte[idx], yte[idx]
+    counts = torch.bincount(ytr, minlength=ncls)
+    n_val = {c: (max(1, round(spec.val_fraction * int(counts[c]))) if spec.val_fraction else 0)
+             for c in range(ncls)}
+    if any(n_val[c] >= int(counts[c]) for c in range(ncls) if spec.val_fraction):
+        raise UserError(f"val_fraction {spec.val_fraction} leaves no training images in some "
+                        "class; use more images (--subset) or a smaller val_fraction")
+    val_idx = _stratified_take(ytr, n_val, seed=2)
+    mask = torch.ones(len(ytr), dtype=torch.bool)
+    mask[val_idx] = False
+    x = {"train": xtr[mask], "val": xtr[val_idx], "test": xte}
+    y = {"train": ytr[mask], "val": ytr[val_idx], "test": yte}
+    desc = describe_source(spec)
+    if skipped:
+        log.warning("skipped %d images that could not be decoded", len(skipped))
+    return Splits(classes, x, y, desc, skipped)
+
+
+def describe_source(spec: DataSpec) -> str:
+    kind, arg = parse_source(spec.source)
+    what = {"cifar10": "CIFAR-10 (original, torchvision download)",
+            "synthetic": "synthetic test images"}.get(kind, f"image folder {arg}")
+    if kind == "imagefolder" and "cifar10-jpeg" in arg:
+        what = f"CIFAR-10, JPEG q75 re-encoded copy ({arg})"
+    sub = f", subset {spec.subset}/class" if spec.subset else ""
+    return f"{what}{sub}, val {spec.val_fraction:.0%} of train"
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("TRANSFERLAB_DATA", Path.home() / ".cache" / "transferlab"))

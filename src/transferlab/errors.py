@@ -1,0 +1,13 @@
+"""Errors a user can act on.
+
+A `UserError` carries the problem and the fix; the CLI prints it without a traceback and
+exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input or environment: the message names the problem and how to fix it."""
+
+
+class ExperimentFailed(Exception):
+    """An experiment cannot finish (NaN loss, out of memory); the study goes on."""

@@ -1,0 +1,176 @@
+"""One experiment end to end: build, describe, fit (cached features or training loop), score.
+
+The test split is touched once, at the end, with the weights (epoch or weight decay) that the
+validation split chose.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from . import models, regimes
+from .augment import Pipeline
+from .config import ExperimentSpec
+from .data import Splits
+from .features import cached_features, fit_head, fold_standardisation, probe_views
+from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate
+from .util import atomic_save, environment, peak_rss_mb, resolve_precision, seed_everything
+
+PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+
+
+def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan, amp_dtype,
+             resolution: int, splits: Splits, device) -> dict:
+    groups = regimes.group_map(net)
+    return {
+        "name": spec.name, "model": spec.model, "arch": net.info.arch, "family": net.info.family,
+        "init": net.info.init, "weights": spec.weights,
+        "normalization": {"mean": list(net.info.mean), "std": list(net.info.std)},
+        "old_head": net.info.old_head, "new_head": net.info.new_head,
+        "modified_layers": plan.modified_layers, "regime": spec.regime,
+        "regime_description": plan.description,
+        "groups": [{"group": g, "params": sum(p.numel() for p in ps),
+                    "trained": g in plan.trained} for g, ps in groups],
+        "trained_params": plan.trained_params, "frozen_params": plan.frozen_params,
+        "optimizer": describe_optimizer(spec),
+        "schedule": {"name": spec.schedule, "warmup_epochs": spec.warmup_epochs,
+                     "layer_decay": spec.layer_decay},
+        "epochs": spec.epochs, "batch_size": spec.batch_size, "resolution": resolution,
+        "augment": spec.augment, "label_smoothing": spec.label_smoothing,
+        "precision": PRECISION_NAMES[amp_dtype], "channels_last": spec.channels_last,
+        "compile": spec.compile, "tta": spec.tta, "seed": spec.seed,
+        "fit": ("cached features, weight decay chosen on validation from "
+                f"{list(spec.probe_wd)}" if spec.uses_features else "backprop through the network"),
+        "head": {"kind": spec.head.kind, "hidden": list(spec.head.hidden),
+                 "dropout": spec.head.dropout},
+        "gradual": ({"head_epochs": spec.gradual_head_epochs, "lr_scale": spec.gradual_lr_scale}
+                    if spec.regime == "gradual" else None),
+        "data": splits.description, "classes": splits.classes,
+        "split_sizes": {k: len(v) for k, v in splits.y.items()}, "device": str(device),
+    }
+
+
+def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
+        record_epoch, record_details, say) -> dict:
+    """Run one experiment; returns the result dict the store keeps."""
+    t_start = time.perf_counter()
+    seed_everything(spec.seed)
+    net = models.build(spec, splits.num_classes)
+    plan = regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
+    amp_dtype = resolve_precision(spec.precision, device)
+    net = net.to(device)
+    if spec.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    resolution = spec.resolution or splits.image_size
+    pipe = Pipeline(net.info.mean, net.info.std, resolution, spec.augment, device,
+                    spec.channels_last)
+    details = describe(spec, net, plan, amp_dtype, resolution, splits, device)
+    record_details(details)
+    from .report import format_details
+    for line in format_details(details):
+        say(line)
+    amp = lambda: autocast(device, amp_dtype)  # noqa: E731
+    if spec.uses_features:
+        result = _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say)
+    else:
+        result = _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say)
+    result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
+                  peak_mem_mb=_peak_memory(device))
+    atomic_save(net.state_dict(), exp_dir / "model.pt")
+    (exp_dir / "checkpoint.pt").unlink(missing_ok=True)
+    say(f"  test accuracy {result['test_acc']:.2%}"
+        + (f" (validation {result['val_acc']:.2%})" if result.get("val_acc") is not None else ""))
+    return result
+
+
+def _scores(ev: Evaluation, ev_plain: Evaluation, ncls: int) -> dict:
+    return {"test_acc": ev.acc, "test_acc_no_tta": ev_plain.acc,
+            "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls)}
+
+
+def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say) -> dict:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = exp_dir / "checkpoint.pt"
+    if hasattr(net.backbone, "data_init") and not ckpt.exists():
+        net.backbone.data_init(pipe.eval(splits.x["train"][:5000]).float())
+    if spec.compile:
+        net.forward = torch.compile(net.forward)
+    trainer = Trainer(net, spec, pipe, device, amp_dtype, ckpt, record_epoch, say)
+    fit = trainer.fit(splits.x, splits.y)
+    net.load_state_dict(fit.state)
+    amp = lambda: autocast(device, amp_dtype)  # noqa: E731
+    batch = 2 * spec.batch_size
+    x, y = splits.x["test"], splits.y["test"]
+    ev_plain = evaluate(net, pipe, x, y, batch, amp, tta=False)
+    ev = evaluate(net, pipe, x, y, batch, amp, tta=True) if spec.tta else ev_plain
+    out = _scores(ev, ev_plain, splits.num_classes)
+    out.update(val_acc=fit.best_val, best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
+               extra={"fit": "backprop"})
+    return out
+
+
+def _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say) -> dict:
+    views = probe_views(spec)
+    if not len(splits.y["val"]):
+        views.pop("val")
+    fs = cached_features(spec, net, pipe, splits.x, feature_dir, amp, views, say)
+    if fs.extracted == 0:
+        say("  features: all read from the cache (no backbone forward needed)")
+    train_f = torch.cat([fs.feats["train", v] for v in views["train"]])
+    train_y = splits.y["train"].repeat(len(views["train"]))
+    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
+    norm = lambda f: (f - mean) / std  # noqa: E731
+    val_f = [norm(fs.feats["val", v]) for v in views.get("val", [])]
+    val_y = splits.y["val"]
+    t0 = time.perf_counter()
+    wds = list(spec.probe_wd) if len(val_y) else [spec.optimizer.weight_decay]
+    sweep, best = [], None
+    for wd in wds:
+        head, hist = fit_head(spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y,
+                              val_f, val_y, wd)
+        acc = hist[-1].get("val_acc")
+        sweep.append({"weight_decay": wd, "val_acc": acc})
+        say(f"  probe weight decay {wd:g}: val acc "
+            + (f"{acc:.2%}" if acc is not None else "n/a (no validation split)"))
+        if best is None or (acc is not None and acc > best[0]):
+            best = (acc if acc is not None else -1.0, wd, head, hist)
+    best_acc, best_wd, head, hist = best
+    for row in hist:
+        record_epoch(row)
+    from .train import format_epoch
+    say(f"  chosen on validation: weight decay {best_wd:g}; its epochs:")
+    for row in hist:
+        say(format_epoch(row, spec.epochs))
+    fold_standardisation(head, mean, std)
+    net.head.load_state_dict(head.state_dict())
+    test = {v: fs.feats["test", v] for v in views["test"]}
+    y = splits.y["test"]
+    ev_plain = _probe_eval(net.head, [test["plain"]], y)
+    ev = _probe_eval(net.head, list(test.values()), y) if spec.tta else ev_plain
+    out = _scores(ev, ev_plain, splits.num_classes)
+    out.update(val_acc=best_acc if len(val_y) else None, best_epoch=spec.epochs,
+               train_seconds=fs.seconds + time.perf_counter() - t0,
+               extra={"fit": "cached features", "probe_sweep": sweep, "chosen_wd": best_wd,
+                      "feature_seconds": fs.seconds, "features_extracted": fs.extracted})
+    return out
+
+
+@torch.no_grad()
+def _probe_eval(head, feats: list, y) -> Evaluation:
+    head.eval()
+    logits = sum(head(f) for f in feats) / len(feats)
+    preds = logits.argmax(1)
+    loss = float(torch.nn.functional.cross_entropy(logits, y))
+    return Evaluation(float((preds == y).float().mean()), loss, preds, y)
+
+
+def _peak_memory(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()
+
+
+def env_record(device) -> dict:
+    return {**environment(), "device_type": device.type}

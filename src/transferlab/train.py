@@ -1,0 +1,240 @@
+"""The training loop over in-memory tensors, evaluation with flip TTA, checkpoint and resume.
+
+One epoch: a seeded permutation of the training images, batches augmented on the device,
+autocast where it pays off, the LR set per step from the schedule, then validation and an
+atomic checkpoint. Everything random is seeded per epoch, so a run resumed from a checkpoint
+takes the same path as one that was never interrupted.
+"""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import dist, regimes
+from .augment import Pipeline
+from .config import ExperimentSpec
+from .errors import ExperimentFailed
+from .util import atomic_save, safe_load
+
+
+# ------------------------------------------------------------------ schedule and optimiser
+
+def lr_factor(spec: ExperimentSpec, step: int, total: int, steps_per_epoch: int) -> float:
+    warm = int(spec.warmup_epochs * steps_per_epoch)
+    if spec.schedule == "onecycle":
+        warm = warm or max(1, int(0.15 * total))
+    if warm and step < warm:
+        return (step + 1) / warm
+    if spec.schedule == "constant":
+        return 1.0
+    progress = (step - warm) / max(1, total - warm)
+    if spec.schedule == "onecycle":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def make_optimizer(groups: list[dict], spec: ExperimentSpec) -> torch.optim.Optimizer:
+    o = spec.optimizer
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
+                               nesterov=o.nesterov and o.momentum > 0)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def describe_optimizer(spec: ExperimentSpec) -> dict:
+    o = spec.optimizer
+    d = {"name": o.name, "lr": o.lr, "weight_decay": o.weight_decay,
+         "weight_decay_on_norms_and_biases": False}
+    if o.name == "sgd":
+        d.update(momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+    else:
+        d.update(betas=list(o.betas), eps=o.eps)
+    return d
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# ------------------------------------------------------------------ evaluation
+
+@dataclass
+class Evaluation:
+    acc: float
+    loss: float
+    preds: torch.Tensor
+    targets: torch.Tensor
+
+    def per_class(self, num_classes: int) -> list[float]:
+        out = []
+        for c in range(num_classes):
+            m = self.targets == c
+            out.append(float((self.preds[m] == c).float().mean()) if m.any() else float("nan"))
+        return out
+
+    def confusion(self, num_classes: int) -> list[list[int]]:
+        idx = self.targets * num_classes + self.preds
+        return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes).tolist()
+
+
+@torch.inference_mode()
+def evaluate(net: nn.Module, pipe: Pipeline, x: torch.Tensor, y: torch.Tensor, batch: int,
+             amp, tta: bool) -> Evaluation:
+    net.eval()
+    logits = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        with amp():
+            out = net(pipe.eval(xb)).float()
+            if tta:
+                out = out + net(pipe.eval(xb, flip=True)).float()
+                out = out / 2
+        logits.append(out.cpu())
+    logits = torch.cat(logits) if logits else torch.empty(0, 1)
+    loss = float(F.cross_entropy(logits, y)) if len(y) else float("nan")
+    preds = logits.argmax(1)
+    acc = float((preds == y).float().mean()) if len(y) else float("nan")
+    return Evaluation(acc, loss, preds, y)
+
+
+# ------------------------------------------------------------------ the loop
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val: float | None
+    state: dict  # weights chosen on validation (the last epoch if there is no validation)
+    train_seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains `net` on in-memory splits; `on_epoch(row)` records each epoch in the store."""
+
+    def __init__(self, net: nn.Module, spec: ExperimentSpec, pipe: Pipeline, device, amp_dtype,
+                 checkpoint: Path, on_epoch: Callable[[dict], None], say: Callable[[str], None]):
+        self.net, self.spec, self.pipe, self.device = net, spec, pipe, device
+        self.amp = lambda: autocast(device, amp_dtype)
+        self.checkpoint, self.on_epoch, self.say = checkpoint, on_epoch, say
+        self.model = dist.wrap(net, device)
+        self.phase = 0 if spec.regime == "gradual" else 1
+        self.opt = make_optimizer(regimes.param_groups(net, spec), spec)
+
+    def _phase_scale(self) -> float:
+        return self.spec.gradual_lr_scale if self.spec.regime == "gradual" and self.phase == 1 else 1.0
+
+    def _maybe_unfreeze(self, epoch: int) -> None:
+        if self.spec.regime == "gradual" and self.phase == 0 and epoch >= self.spec.gradual_head_epochs:
+            self.phase = 1
+            regimes.apply(self.net, self.spec, phase=1)
+            self.model = dist.wrap(self.net, self.device)  # DDP must see the new trainable set
+            self.say(f"  epoch {epoch + 1}: unfreezing every layer at "
+                     f"{self.spec.gradual_lr_scale}x the learning rate")
+
+    def _resume(self) -> tuple[int, dict]:
+        if not self.checkpoint.exists():
+            return 0, {"best_val": -1.0, "best_epoch": -1, "best_state": None, "seconds": 0.0}
+        ck = safe_load(self.checkpoint)
+        self.phase = ck.get("phase", self.phase)
+        if self.phase == 1 and self.spec.regime == "gradual":
+            regimes.apply(self.net, self.spec, phase=1)
+            self.model = dist.wrap(self.net, self.device)
+        self.net.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+        self.say(f"  resuming from checkpoint after epoch {ck['epoch']}")
+        return ck["epoch"], ck["track"]
+
+    def fit(self, x: dict, y: dict) -> FitResult:
+        spec = self.spec
+        n = len(x["train"])
+        world, rank = dist.world(), dist.rank()
+        per_rank = spec.batch_size // world if world > 1 else spec.batch_size
+        steps = math.ceil(n / (per_rank * world))
+        total = steps * spec.epochs
+        start, track = self._resume()
+        history = []
+        for epoch in range(start, spec.epochs):
+            self._maybe_unfreeze(epoch)
+            t0 = time.perf_counter()
+            loss_sum, correct, seen = self._train_epoch(x["train"], y["train"], epoch, steps,
+                                                        total, per_rank, world, rank)
+            seconds = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "phase": "head" if self.phase == 0 else "all",
+                   "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
+                   "lr": self.opt.param_groups[-1]["lr"], "seconds": seconds,
+                   "img_per_s": seen * world / seconds}
+            if len(y["val"]):
+                ev = evaluate(self.net, self.pipe, x["val"], y["val"], 2 * spec.batch_size,
+                              self.amp, tta=False)
+                row.update(val_acc=ev.acc, val_loss=ev.loss)
+                if ev.acc > track["best_val"]:
+                    track.update(best_val=ev.acc, best_epoch=epoch + 1,
+                                 best_state=_cpu_state(self.net))
+            track["seconds"] += seconds
+            history.append(row)
+            if rank == 0:
+                self.on_epoch(row)
+                self._save(epoch + 1, track)
+            self.say(format_epoch(row, spec.epochs))
+        if track["best_state"] is None:
+            track.update(best_state=_cpu_state(self.net), best_epoch=spec.epochs)
+        best_val = track["best_val"] if track["best_val"] >= 0 else None
+        return FitResult(track["best_epoch"], best_val, track["best_state"], track["seconds"],
+                         history)
+
+    def _train_epoch(self, xtr, ytr, epoch, steps, total, per_rank, world, rank):
+        spec, net = self.spec, self.net
+        gen = torch.Generator().manual_seed(spec.seed * 100003 + epoch)
+        perm = torch.randperm(len(xtr), generator=gen)
+        regimes.set_train_mode(net)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for i in range(steps):
+            idx = perm[i * per_rank * world:(i + 1) * per_rank * world][rank::world]
+            if len(idx) == 0:
+                continue
+            factor = lr_factor(spec, epoch * steps + i, total, steps) * self._phase_scale()
+            for g in self.opt.param_groups:
+                g["lr"] = spec.optimizer.lr * factor * g["lr_scale"]
+            xb = self.pipe.train(xtr[idx], gen)
+            yb = ytr[idx].to(self.device, non_blocking=True)
+            with self.amp():
+                out = self.model(xb)
+                loss = F.cross_entropy(out.float(), yb, label_smoothing=spec.label_smoothing)
+            if not torch.isfinite(loss):
+                raise ExperimentFailed(f"loss became {loss.item()} at epoch {epoch + 1}, step "
+                                       f"{i + 1}: lower optimizer.lr (now {spec.optimizer.lr}) or "
+                                       "use precision = \"fp32\"")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            loss_sum += loss.item() * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+            seen += len(idx)
+        return loss_sum, correct, seen
+
+    def _save(self, epoch: int, track: dict) -> None:
+        atomic_save({"epoch": epoch, "phase": self.phase, "model": self.net.state_dict(),
+                     "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
+                     "track": track}, self.checkpoint)
+
+
+def _cpu_state(net: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    val = f"  val acc {row['val_acc']:.2%}" if row.get("val_acc") is not None else ""
+    return (f"  epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  "
+            f"train acc {row['train_acc']:.2%}{val}  lr {row['lr']:.2e}  "
+            f"{row['seconds']:.1f}s  {row['img_per_s']:.0f} img/s")

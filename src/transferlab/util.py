@@ -1,0 +1,129 @@
+"""Small shared helpers: safe file IO, hardware facts, seeding, environment record."""
+from __future__ import annotations
+
+import os
+import pickle
+import platform
+import random
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def atomic_save(obj, path: Path) -> None:
+    """Write to a temporary file beside `path`, fsync, then rename over it.
+
+    A crash or a full disk part-way leaves the previous file intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def safe_load(path: Path, map_location="cpu"):
+    """torch.load with weights_only=True: a pickle that would run code is refused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"refusing to load {path}: it is not a plain tensor file and loading it "
+                        f"could run code ({str(e).splitlines()[0]}). Only load files you trust, "
+                        "saved as a state dict of tensors.") from None
+    except (EOFError, RuntimeError) as e:
+        raise UserError(f"{path} is damaged or truncated ({e}); delete it and run again") from None
+
+
+@lru_cache(maxsize=None)
+def cpu_has_fast_bf16() -> bool:
+    """bf16 autocast only pays off on CPUs with native bf16 units (AMX or AVX512-BF16).
+
+    Measured on an AVX2-only AMD EPYC: bf16 autocast ran EfficientNet-Lite0 ~10x slower than fp32.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_device(prefer: str = "auto") -> torch.device:
+    if prefer != "auto":
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def environment() -> dict:
+    import timm
+    import torchvision
+    dev = pick_device()
+    return {
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "timm": timm.__version__, "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
+        "threads": torch.get_num_threads(), "git": git_revision(),
+        "host": platform.node(),
+    }
+
+
+@lru_cache(maxsize=None)
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
+
+
+@lru_cache(maxsize=None)
+def git_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
