@@ -68,7 +68,13 @@ def _overrides(args) -> dict:
 
 def cmd_run(args) -> int:
     from .study import Runner, say
+    from .models import resolve_name
     study = _load(args)
+    for e in study.experiments:  # a misspelt model fails now, not hours into the study
+        try:
+            resolve_name(e.model)
+        except UserError as err:
+            raise UserError(f"{args.config}: experiment {e.name!r}: {err}") from None
     runner = Runner(study, data_root=args.data_root, device=args.device,
                     skip_bad_images=args.skip_bad_images, overrides=_overrides(args))
     if args.rerun:
@@ -84,6 +90,8 @@ def cmd_run(args) -> int:
         f"{len(out.busy)} held by other runners, {len(out.failed)} failed")
     for name, reason in out.failed:
         say(f"  {name}: {reason}")
+    if out.failed:
+        say("fix the cause, then run again with --retry-failed (finished experiments are kept)")
     return 1 if out.failed else 0
 
 

@@ -353,7 +353,7 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
             value = float(value)
         if not isinstance(value, want) or isinstance(value, bool):
             raise ctx.fail("[study]", f"{key} must be {want.__name__}, got {value!r}")
-    name = st.get("name") or Path(file).stem
+    name = st.get("name") or (Path(file).stem if file != "<config>" else "study")
     if not NAME_RE.match(name):
         raise ctx.fail("[study]", f"name {name!r} is not allowed (letters, digits, . _ + -)")
     dspec = DataSpec(source=data or st.get("data", "cifar10"),

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 TEST_SPLIT_NAMES = ("test", "val")
 CACHE_VERSION = 1
+AUTO_CACHE_SIDE = 256
 
 
 @dataclass
@@ -231,13 +232,13 @@ def _decode_folder(path: Path, cache_size: int, skip_bad: bool):
 
 
 def _cache_side(sizes: set, cache_size: int) -> int:
+    """Uniform square images no larger than the cache side keep their native pixels;
+    others are resized to the cache side (never above the largest image's shorter side)."""
     if len(sizes) == 1:
         (h, w), = sizes
-        if h == w and (cache_size == 0 or h <= cache_size):
-            return h  # already uniform and small: keep the native pixels
-    if cache_size:
-        return cache_size
-    return min(256, max(min(s) for s in sizes))
+        if h == w and h <= cache_size:
+            return h
+    return min(cache_size, max(min(s) for s in sizes))
 
 
 def _load_cifar10(root: Path):
@@ -289,7 +290,8 @@ def decoded(spec: DataSpec, root: Path, skip_bad: bool = False, max_resolution: 
     if kind == "synthetic":
         return synthetic(per_class=int(arg) if arg else 60)
     key = spec.fingerprint or fingerprint(spec.source)
-    cache_size = spec.cache_size or (max_resolution if kind == "imagefolder" else 0)
+    # large or mixed-size photos are resized once to a side that serves the largest input
+    cache_size = spec.cache_size or max(AUTO_CACHE_SIDE, max_resolution)
     cache = root / "cache" / f"{key}-{cache_size}-v{CACHE_VERSION}.pt"
     if cache.exists():
         blob = safe_load(cache)

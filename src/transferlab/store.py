@@ -56,8 +56,18 @@ def _owner_alive(owner: str | None, heartbeat: float | None, lease: float) -> bo
             return False
         except (PermissionError, ValueError):
             pass
+        if _is_zombie(pid):  # killed but not yet reaped by its parent: it holds nothing
+            return False
         return heartbeat is not None and time.time() - heartbeat < lease * 5
     return heartbeat is not None and time.time() - heartbeat < lease
+
+
+def _is_zombie(pid: str) -> bool:
+    try:
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 class Store:
@@ -70,9 +80,20 @@ class Store:
                                   check_same_thread=False)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=60000")
+        try:
+            self._check_schema()  # before WAL: a file that is not ours must stay untouched
+        except sqlite3.OperationalError:
+            self.db.close()
+            raise
+        except sqlite3.DatabaseError as e:  # "file is not a database"
+            self.db.close()
+            raise UserError(f"{self.path} is not a transferlab store ({e}); use another --store "
+                            "path or move that file away") from None
+        except BaseException:
+            self.db.close()
+            raise
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
-        self._check_schema()
 
     # -------------------------------------------------------------- schema
 

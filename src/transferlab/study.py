@@ -152,15 +152,23 @@ class Runner:
         feature_dir = self.study.runs_dir / "features"
         store = self.store if self.is_main else None
         try:
+            splits = self.splits()
+        except BaseException:  # bad data is the study's problem, not this experiment's:
+            if self.is_main:   # give the claim back (pending), then stop with the message
+                self.store.set_status(spec.id, "pending")
+            raise
+        try:
             with Heartbeat(self.study.store, spec.id, self.owner) if self.is_main else _Null():
                 result = experiment.run(
-                    spec, self.splits(), exp_dir, feature_dir, self.device,
+                    spec, splits, exp_dir, feature_dir, self.device,
                     record_epoch=(lambda row: store.add_epoch(spec.id, row)) if store else _noop,
                     record_details=(lambda d: store.set_details(spec.id, d)) if store else _noop,
                     say=say if self.is_main else _noop)
         except (ExperimentFailed, UserError) as e:
             return self._fail(spec, str(e))
         except torch.cuda.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # the next experiment starts from a clean device
             return self._fail(spec, f"CUDA out of memory at batch_size {spec.batch_size}: lower "
                               "batch_size for this experiment (or its resolution) and rerun "
                               "with --retry-failed")

@@ -129,6 +129,7 @@ class Trainer:
         self.model = dist.wrap(net, device)
         self.phase = 0 if spec.regime == "gradual" else 1
         self.opt = make_optimizer(regimes.param_groups(net, spec), spec)
+        self.history: list[dict] = []  # every epoch row so far, resumed ones included
 
     def _phase_scale(self) -> float:
         return self.spec.gradual_lr_scale if self.spec.regime == "gradual" and self.phase == 1 else 1.0
@@ -152,6 +153,9 @@ class Trainer:
         self.net.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         torch.set_rng_state(ck["rng"])
+        self.history = list(ck.get("history", []))
+        for row in self.history:  # the store may lack the last row (killed between the two writes)
+            self.on_epoch(row)
         self.say(f"  resuming from checkpoint after epoch {ck['epoch']}")
         return ck["epoch"], ck["track"]
 
@@ -183,9 +187,11 @@ class Trainer:
                                  best_state=_cpu_state(self.net))
             track["seconds"] += seconds
             history.append(row)
+            self.history.append(row)
             if rank == 0:
-                self.on_epoch(row)
+                # checkpoint first: an epoch the store shows is always one a rerun resumes after
                 self._save(epoch + 1, track)
+                self.on_epoch(row)
             self.say(format_epoch(row, spec.epochs))
         if track["best_state"] is None:
             track.update(best_state=_cpu_state(self.net), best_epoch=spec.epochs)
@@ -226,7 +232,7 @@ class Trainer:
     def _save(self, epoch: int, track: dict) -> None:
         atomic_save({"epoch": epoch, "phase": self.phase, "model": self.net.state_dict(),
                      "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
-                     "track": track}, self.checkpoint)
+                     "track": track, "history": self.history}, self.checkpoint)
 
 
 def _cpu_state(net: nn.Module) -> dict:

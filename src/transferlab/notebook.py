@@ -1,0 +1,106 @@
+"""Execute the study notebook headless and write the report: .ipynb with outputs, .html, chart.
+
+The notebook (notebooks/cifar10_transfer_learning.ipynb) drives the library; this module only
+fills in its parameters (a cell injected after the one tagged `parameters`, as papermill does),
+runs it with nbclient in the current directory, and exports it with nbconvert.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from .errors import UserError
+
+NOTEBOOK_NAME = "cifar10_transfer_learning.ipynb"
+
+
+def notebook_path() -> Path:
+    """The study notebook: notebooks/ at the repository root (src layout, editable install)."""
+    here = Path(__file__).resolve()
+    for root in here.parents:
+        cand = root / "notebooks" / NOTEBOOK_NAME
+        if cand.is_file():
+            return cand
+    raise UserError(f"cannot find notebooks/{NOTEBOOK_NAME} above {here.parent}; run from a "
+                    "checkout of the repository (pip install -e .)")
+
+
+def parameters_cell(params: dict):
+    from nbformat.v4 import new_code_cell
+    lines = ["# Parameters injected by `transferlab notebook`"]
+    lines += [f"{k} = {v!r}" for k, v in params.items()]
+    cell = new_code_cell("\n".join(lines))
+    cell.metadata["tags"] = ["injected-parameters"]
+    return cell
+
+
+def inject(nb, params: dict):
+    """A copy of `nb` with a parameter cell right after the `parameters`-tagged cell."""
+    nb = copy.deepcopy(nb)
+    idx = next((i for i, c in enumerate(nb.cells)
+                if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if idx is None:
+        raise UserError("the notebook has no cell tagged 'parameters'")
+    nb.cells = [c for c in nb.cells
+                if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    nb.cells.insert(idx + 1, parameters_cell(params))
+    return nb
+
+
+def _abs(p) -> str | None:
+    return str(Path(p).expanduser().resolve()) if p is not None else None
+
+
+def to_html(nb) -> str:
+    from nbconvert import HTMLExporter
+    exporter = HTMLExporter(embed_images=True)
+    body, _ = exporter.from_notebook_node(nb)
+    return body
+
+
+def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
+            subset: int | None = None, epochs: int | None = None, store=None, data_root=None,
+            timeout: int | None = None, notebook: Path | None = None) -> list[Path]:
+    """Run the notebook for one study; returns the files written.
+
+    Writes <out>/<study>.ipynb (with outputs), <out>/<study>.html (self-contained: images are
+    embedded) and <out>/<study>-accuracy.png / .svg (saved by the notebook). Relative paths
+    (config, store, data root) are taken from the current directory, which is also the
+    kernel's working directory. If a cell fails, the partial notebook and HTML are still
+    written, then the error is raised.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    from .config import load_study
+
+    config = Path(config)
+    study = load_study(config, data=data, subset=subset, epochs=epochs)  # fails early, names files
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    src = Path(notebook) if notebook else notebook_path()
+    nb = nbformat.read(src, as_version=4)
+    params = {"config": _abs(config), "data": data, "subset": subset, "epochs": epochs,
+              "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
+              "run_study": True}
+    nb = inject(nb, params)
+    client = NotebookClient(nb, timeout=timeout if timeout else -1, kernel_name="python3",
+                            allow_errors=False,
+                            resources={"metadata": {"path": str(Path.cwd())}})
+    ipynb = out_dir / f"{study.name}.ipynb"
+    html = out_dir / f"{study.name}.html"
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        error = e
+    finally:
+        nbformat.write(nb, ipynb)
+        html.write_text(to_html(nb), encoding="utf-8")
+    if error is not None:
+        raise UserError(f"the notebook failed; the partial report is in {html}.\n{error}")
+    paths = [ipynb, html]
+    paths += [p for p in (out_dir / f"{study.name}-accuracy.png",
+                          out_dir / f"{study.name}-accuracy.svg") if p.exists()]
+    return paths

