@@ -36,7 +36,7 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     if not any(p.requires_grad for p in net.parameters()):
         return net
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(net, device_ids=ids)
 
 
 def broadcast(obj):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import models, regimes
+from . import dist, models, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .data import Splits
@@ -24,6 +24,9 @@ PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16:
 def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan, amp_dtype,
              resolution: int, splits: Splits, device) -> dict:
     groups = regimes.group_map(net)
+    optimizer = describe_optimizer(spec)
+    if spec.uses_features:
+        optimizer["weight_decay"] = f"chosen on validation from {list(spec.probe_wd)}"
     return {
         "name": spec.name, "model": spec.model, "arch": net.info.arch, "family": net.info.family,
         "init": net.info.init, "weights": spec.weights,
@@ -34,7 +37,7 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan, am
         "groups": [{"group": g, "params": sum(p.numel() for p in ps),
                     "trained": g in plan.trained} for g, ps in groups],
         "trained_params": plan.trained_params, "frozen_params": plan.frozen_params,
-        "optimizer": describe_optimizer(spec),
+        "optimizer": optimizer,
         "schedule": {"name": spec.schedule, "warmup_epochs": spec.warmup_epochs,
                      "layer_decay": spec.layer_decay},
         "epochs": spec.epochs, "batch_size": spec.batch_size, "resolution": resolution,
@@ -78,8 +81,13 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         result = _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=_peak_memory(device))
-    atomic_save(net.state_dict(), exp_dir / "model.pt")
-    (exp_dir / "checkpoint.pt").unlink(missing_ok=True)
+    if spec.uses_features:  # the weight decay actually used is the one validation chose
+        details["optimizer"]["weight_decay"] = result["extra"]["chosen_wd"]
+        details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)
+        record_details(details)
+    if dist.rank() == 0:
+        atomic_save(net.state_dict(), exp_dir / "model.pt")
+        (exp_dir / "checkpoint.pt").unlink(missing_ok=True)
     say(f"  test accuracy {result['test_acc']:.2%}"
         + (f" (validation {result['val_acc']:.2%})" if result.get("val_acc") is not None else ""))
     return result

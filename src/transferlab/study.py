@@ -22,7 +22,8 @@ from .store import LEASE_SECONDS, Store, owner_id
 
 
 def say(msg: str) -> None:
-    print(msg, flush=True)
+    if dist.rank() == 0:  # one voice under torchrun
+        print(msg, flush=True)
 
 
 def experiment_dir(study: Study, spec: ExperimentSpec) -> Path:
