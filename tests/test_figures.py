@@ -12,7 +12,8 @@ from transferlab.report import Row  # noqa: E402
 
 LONG_MODELS = [
     ("timm:efficientnet_lite0", "linear"), ("efficientnet_lite2", "last:2"),
-    ("convnext_tiny.in12k_ft_in1k", "full"), ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "gradual"),
+    ("convnext_tiny.in12k_ft_in1k", "full"),
+    ("vit_base_patch16_224.augreg2_in21k_ft_in1k", "gradual"),
     ("tv:resnet50", "scratch"), ("baseline", "scratch"), ("efficientnet_b3.ra2_in1k", "last:1"),
     ("efficientnet_lite1", "linear"), ("resnet50.a1_in1k", "full"),
 ]

@@ -1,4 +1,4 @@
-"""Architecture views for the report: torchinfo summaries, per-regime layer groups, torchview graphs.
+"""Architecture views for the report: torchinfo summaries, regime layer groups, torchview graphs.
 
 Networks are built exactly as an experiment builds them (models.build + regimes.apply), so
 what the notebook shows is the modified network that trains, never a separate copy.
@@ -32,10 +32,6 @@ def build_net(spec: ExperimentSpec, num_classes: int) -> models.Net:
     net = models.build(spec, num_classes)
     net.eval()
     return net
-
-
-def resolution_of(spec: ExperimentSpec, native: int) -> int:
-    return spec.resolution or native
 
 
 def summary_text(net: torch.nn.Module, resolution: int, depth: int = 2) -> str:

@@ -323,8 +323,13 @@ def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
 
 
 def load_study(path: str | Path, data: str | None = None, subset: int | None = None,
-               epochs: int | None = None, fingerprint=None) -> Study:
-    """Load and resolve a study file; command-line overrides win over the file."""
+               epochs: int | None = None, fingerprint="auto") -> Study:
+    """Load and resolve a study file; command-line overrides win over the file.
+
+    The data's content key goes into every experiment id (pass fingerprint=None to skip
+    reading the data, e.g. to validate a config on a machine without it)."""
+    if fingerprint == "auto":
+        from .data import fingerprint
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found; studies ship in configs/ "

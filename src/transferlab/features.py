@@ -21,7 +21,7 @@ from .augment import Pipeline
 from .config import ExperimentSpec
 from .models import Net, make_head
 from .train import autocast, lr_factor, make_optimizer
-from .util import atomic_save, safe_load
+from .util import atomic_save, progress, safe_load
 
 
 def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str) -> str:
@@ -38,9 +38,11 @@ def extract(backbone: nn.Module, pipe: Pipeline, x: torch.Tensor, batch: int, am
             flip: bool = False) -> torch.Tensor:
     backbone.eval()
     out = []
-    for i in range(0, len(x), batch):
-        with amp():
-            out.append(backbone(pipe.eval(x[i:i + batch], flip=flip)).float().cpu())
+    with progress((len(x) + batch - 1) // batch, "features") as bar:
+        for i in range(0, len(x), batch):
+            with amp():
+                out.append(backbone(pipe.eval(x[i:i + batch], flip=flip)).float().cpu())
+            bar.update(1)
     return torch.cat(out)
 
 

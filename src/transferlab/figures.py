@@ -32,7 +32,10 @@ REGIME_TEXT = {  # short legend text for each regime
 # ------------------------------------------------------------------ labels
 
 def short_model(model: str) -> str:
-    """'timm:efficientnet_lite0' -> 'effnet_lite0', 'convnext_tiny.in12k_ft_in1k' -> 'convnext_tiny'."""
+    """A short model name for labels.
+
+    'timm:efficientnet_lite0' -> 'effnet_lite0', 'convnext_tiny.in12k_ft_in1k' -> 'convnext_tiny'.
+    """
     name = model.split(":", 1)[-1].split(".", 1)[0]
     return name.replace("efficientnet_", "effnet_")
 
@@ -188,7 +191,8 @@ def accuracy_bar_chart(rows, configs: dict | None = None, title: str | None = No
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title(title or "Точность на тестовой выборке")
-    handles = [Patch(facecolor=c, edgecolor="black", label=regime_text(r)) for r, c in colours.items()]
+    handles = [Patch(facecolor=c, edgecolor="black", label=regime_text(r))
+               for r, c in colours.items()]
     if any(b.baseline for b in bars):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="базовая CNN (baseline)"))
@@ -226,7 +230,7 @@ def training_curves(histories: dict[str, list[dict]], title: str | None = None) 
     ax.set_xlabel("эпоха")
     ax.set_ylabel("точность, %")
     ax.set_xlim(0.5, max_ep + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.grid(alpha=0.3)
     ax.set_title(title or "Кривые обучения: сплошная — валидация, пунктир — обучение")
     if ax.get_legend_handles_labels()[0]:

@@ -7,11 +7,13 @@ runs it with nbclient in the current directory, and exports it with nbconvert.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 from .errors import UserError
 
 NOTEBOOK_NAME = "cifar10_transfer_learning.ipynb"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def notebook_path() -> Path:
@@ -99,7 +101,10 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
         nbformat.write(nb, ipynb)
         html.write_text(to_html(nb), encoding="utf-8")
     if error is not None:
-        raise UserError(f"the notebook failed; the partial report is in {html}.\n{error}")
+        tail = "\n".join(_ANSI.sub("", str(error)).strip().splitlines()[-25:])
+        raise UserError(f"the notebook failed ({getattr(error, 'ename', 'error')}: "
+                        f"{_ANSI.sub('', str(getattr(error, 'evalue', '')))}); the partial report "
+                        f"is in {html}.\n{tail}")
     paths = [ipynb, html]
     paths += [p for p in (out_dir / f"{study.name}-accuracy.png",
                           out_dir / f"{study.name}-accuracy.svg") if p.exists()]

@@ -22,7 +22,7 @@ from . import dist, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .errors import ExperimentFailed
-from .util import atomic_save, safe_load
+from .util import atomic_save, progress, safe_load
 
 
 # ------------------------------------------------------------------ schedule and optimiser
@@ -205,7 +205,10 @@ class Trainer:
         perm = torch.randperm(len(xtr), generator=gen)
         regimes.set_train_mode(net)
         loss_sum, correct, seen = 0.0, 0, 0
+        bar = progress(steps, f"epoch {epoch + 1}/{spec.epochs}") if rank == 0 else None
         for i in range(steps):
+            if bar is not None:
+                bar.update(1)
             idx = perm[i * per_rank * world:(i + 1) * per_rank * world][rank::world]
             if len(idx) == 0:
                 continue
@@ -227,6 +230,8 @@ class Trainer:
             loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
+        if bar is not None:
+            bar.close()
         return loss_sum, correct, seen
 
     def _save(self, epoch: int, track: dict) -> None:

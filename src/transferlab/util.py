@@ -90,6 +90,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def progress(total: int, desc: str):
+    """A progress bar in an interactive terminal; silent in notebooks, CI and logs
+    (they get one plain line per epoch instead)."""
+    import sys
+
+    from tqdm import tqdm
+    quiet = not sys.stderr.isatty() or bool(os.environ.get("CI"))
+    return tqdm(total=total, desc=desc, leave=False, disable=quiet, unit="batch")
+
+
 def peak_rss_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
