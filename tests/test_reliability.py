@@ -7,7 +7,6 @@ on tiny synthetic data or a generated image folder with the baseline CNN at 16 p
 from __future__ import annotations
 
 import errno
-import json
 import os
 import pickle
 import re
@@ -59,7 +58,8 @@ def grid(names: str, seeds) -> str:
 def env_for(tmp: Path) -> dict:
     env = dict(os.environ)
     env.update(TRANSFERLAB_DATA=str(tmp / "data"), HF_HUB_OFFLINE="1", HF_HOME=str(tmp / "hf"),
-               TORCH_HOME=str(tmp / "torch"), PYTHONUNBUFFERED="1")
+               TORCH_HOME=str(tmp / "torch"), PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1")  # on a busy 2-core box, 2 spinning threads run ~20x slower
     src = str(SRC.parent)
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -114,6 +114,15 @@ def image_folder(root: Path, classes=("cat", "dog"), n_train=6, n_test=3, size=1
                 arr = (arr + rng.integers(0, 40, arr.shape)).astype(np.uint8)
                 save_png(root / split / cls / f"{i}.png", arr)
     return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared machine: one intra-op thread is much faster than several."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ a store with finished work
@@ -220,6 +229,79 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
     assert len(q(db, losses, kid)) == 5
     a, b = _state(exp_dir / "model.pt"), _state(next((ref / "runs" / "kill").glob("k-1-*")) / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+GRADUAL = """
+[[experiment]]
+name = "g"
+model = "efficientnet_lite0"
+regime = "gradual"
+gradual_head_epochs = 2
+resolution = 32
+batch_size = 8
+head = { kind = "mlp", hidden = [32], dropout = 0.5 }
+optimizer = { name = "adamw", lr = 0.002 }
+"""
+
+
+@pytest.mark.parametrize("stop_after", [1, 2])
+def test_interrupted_gradual_run_with_dropout_resumes_bitwise(tmp_path, monkeypatch, capsys,
+                                                             stop_after):
+    """Ctrl-C after epoch 1 (head phase) or 2 (just before unfreezing): the resumed run draws
+    the same dropout masks, augmentations and batches as one that never stopped."""
+    runs = {}
+    for which in ("interrupted", "plain"):
+        d = tmp_path / which
+        d.mkdir()
+        quick_config(d / "g.toml", name="grad", data="synthetic:8", epochs=4, body=GRADUAL)
+        runs[which] = d
+    real_add = Store.add_epoch
+
+    def ctrl_c_after(self, exp_id, row):
+        real_add(self, exp_id, row)
+        if row["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "add_epoch", ctrl_c_after)
+    with pytest.raises(KeyboardInterrupt):
+        main_in(runs["interrupted"], monkeypatch, capsys, "run", "g.toml")
+    capsys.readouterr()
+    db = runs["interrupted"] / "runs" / "transferlab.db"
+    e = by_name(db)["g"]
+    assert e["status"] == "pending" and "interrupted" in e["reason"]
+    monkeypatch.setattr(Store, "add_epoch", real_add)
+    rc, out, err = main_in(runs["interrupted"], monkeypatch, capsys, "run", "g.toml")
+    assert rc == 0, out + err
+    assert f"resuming from checkpoint after epoch {stop_after}" in out
+    rc, out, err = main_in(runs["plain"], monkeypatch, capsys, "run", "g.toml")
+    assert rc == 0, out + err
+    ref_db = runs["plain"] / "runs" / "transferlab.db"
+    cols = "SELECT val_acc, test_acc, test_acc_no_tta, confusion, best_epoch FROM results"
+    assert q(db, cols) == q(ref_db, cols)
+    rows = "SELECT epoch, phase, train_loss, train_acc, val_acc, val_loss, lr FROM epochs ORDER BY epoch"
+    assert q(db, rows) == q(ref_db, rows) and len(q(db, rows)) == 4
+    a = _state(next((runs["interrupted"] / "runs" / "grad").glob("g-*")) / "model.pt")
+    b = _state(next((runs["plain"] / "runs" / "grad").glob("g-*")) / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_before_the_result_is_stored_does_not_retrain(tmp_path, monkeypatch, capsys):
+    quick_config(tmp_path / "f.toml", epochs=2)
+
+    def stop(*_a, **_k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "finish", stop)
+    with pytest.raises(KeyboardInterrupt):
+        main_in(tmp_path, monkeypatch, capsys, "run", "f.toml")
+    capsys.readouterr()
+    monkeypatch.undo()
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "f.toml")
+    assert rc == 0, out + err
+    assert "resuming from checkpoint after epoch 2" in out and "epoch   1/2" not in out
+    e = by_name(tmp_path / "runs" / "transferlab.db")["main"]
+    assert e["status"] == "done" and e["attempts"] == 2
+    assert not list((tmp_path / "runs").rglob("checkpoint.pt"))
 
 
 def test_checkpoint_write_that_dies_leaves_previous_intact(tmp_path, monkeypatch):
@@ -330,7 +412,7 @@ def test_unknown_model_suggests_close_names(tmp_path, monkeypatch, capsys, prior
     ('\n[[experiment]]\nname = "x"\noptimizer = { name = "adam" }\n',
      ["optimizer.name = 'adam' is not valid", "sgd, adamw"]),
     ('\n[trainer]\nlr = 1\n', ["top level", "unknown key 'trainer'", "Valid keys:"]),
-])
+], ids=["misspelt-key", "ill-typed", "bad-regime", "bad-optimizer", "unknown-table"])
 def test_bad_config_keys_name_key_file_and_choices(tmp_path, monkeypatch, capsys, prior, body,
                                                    needles):
     quick_config(tmp_path / "bad.toml", body=body)
@@ -572,7 +654,7 @@ def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch, capsys, prior):
     ("experiment", '\n[[experiment]]\nname = "a/../../b"\n'),
     ("grid", '\n[[grid]]\nname = "g-{weights}"\nweights = ["file:../../x"]\n'),
     ("auto name", '\n[[experiment]]\nmodel = "timm:../../x"\n'),
-])
+], ids=["dotdot", "absolute", "nested", "grid-template", "auto-name"])
 def test_experiment_names_cannot_escape_the_runs_directory(tmp_path, monkeypatch, capsys, prior,
                                                            where, toml):
     quick_config(tmp_path / "esc.toml", body=toml)

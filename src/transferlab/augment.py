@@ -43,6 +43,9 @@ class Pipeline:
             return self.eval(x)
         x = self._to_float(x)
         n, size = x.shape[0], self.resolution or x.shape[-1]
+        if x.shape[-1] > size:  # shrink with antialiasing first, as eval does: no train/test gap
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=True)
         theta = random_affine(n, self.augment, x.shape[-1], gen).to(self.device)
         grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

@@ -86,8 +86,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)
         record_details(details)
     if dist.rank() == 0:
-        atomic_save(net.state_dict(), exp_dir / "model.pt")
-        (exp_dir / "checkpoint.pt").unlink(missing_ok=True)
+        atomic_save(net.state_dict(), exp_dir / "model.pt")  # the checkpoint goes once the store has the result
     say(f"  test accuracy {result['test_acc']:.2%}"
         + (f" (validation {result['val_acc']:.2%})" if result.get("val_acc") is not None else ""))
     return result

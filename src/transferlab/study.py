@@ -183,6 +183,7 @@ class Runner:
         if self.is_main:
             from .experiment import env_record
             self.store.finish(spec.id, result, env_record(self.device))
+            ckpt.unlink(missing_ok=True)  # only now: a kill before `finish` resumes, not retrains
         return None
 
     def _fail(self, spec: ExperimentSpec, reason: str) -> str:

