@@ -23,7 +23,7 @@ imports, from the first data access to the test accuracy), its peak RSS from the
 rusage (os.wait4). images/s = epochs x training images / wall time, so the ratio of images/s
 is the ratio of times. The last line is `speedup linear=<x> finetune=<y>`.
 
-    .venv/bin/python bench/vs_tutorial.py            # default CPU size (~10 min on 2 cores)
+    .venv/bin/python bench/vs_tutorial.py            # default size: ~2.5 min on 2 cores at load 2
     .venv/bin/python bench/vs_tutorial.py --quick    # smoke size for CI (< 1 min)
 """
 from __future__ import annotations
@@ -118,8 +118,10 @@ def transferlab_study(a, tmp: Path) -> dict:
               "normalize": a.normalize}
     if a.mode == "linear":
         exp = {"name": "linear", "regime": "linear"}
+        if a.linear_one_view:  # no flipped train features, no flip TTA: one forward per image
+            exp.update(augment="none", tta=False)
     else:  # one epoch through every layer; settings chosen in bench/RESULTS.md
-        exp = {"name": "full", "regime": "full", "augment": a.ft_augment,
+        exp = {"name": "full", "regime": "full", "augment": a.ft_augment, "tta": a.ft_tta,
                "optimizer": {"name": "sgd", "lr": a.ft_lr}}
     return {"study": {"name": "vs-tutorial", "data": f"imagefolder:{a.data}",
                       "runs_dir": str(tmp / "runs"), "store": str(tmp / "runs/store.db")},
@@ -154,6 +156,7 @@ def child_transferlab(a) -> dict:
                          (p.split() for p in line.split("sizes", 1)[1].split(";")[0].split(","))}
         return {"wall_s": wall, "test_acc": r["test_acc"], "test_acc_no_tta": r["test_acc_no_tta"],
                 "val_acc": r["val_acc"], "extra": r["extra"], "sizes": sizes,
+                "train_seconds": r["train_seconds"], "run_seconds": r["total_seconds"],
                 "log_tail": log.getvalue().splitlines()[-30:]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -165,7 +168,7 @@ def run_child(pipeline: str, mode: str, epochs: int, a, data: Path) -> dict:
            "--data", str(data), "--epochs", str(epochs), "--out-json", str(out),
            "--resolution", str(a.resolution), "--batch-size", str(a.batch_size),
            "--threads", str(a.threads), "--workers", str(a.workers), "--model", a.model,
-           "--normalize", a.normalize, "--ft-lr", str(a.ft_lr), "--ft-augment", a.ft_augment]
+           "--normalize", a.normalize, "--ft-lr", str(a.ft_lr), "--ft-augment", a.ft_augment] + (["--ft-tta"] if a.ft_tta else []) + (["--linear-one-view"] if a.linear_one_view else [])
     load = load_avg()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -174,7 +177,7 @@ def run_child(pipeline: str, mode: str, epochs: int, a, data: Path) -> dict:
         raise SystemExit(f"{pipeline} {mode} failed (exit {proc.returncode}): {' '.join(cmd)}")
     d = json.loads(out.read_text())
     out.unlink()
-    d.update(peak_rss_mb=usage.ru_maxrss / 1024, load_before=load, load_after=load_avg(),
+    d.update(peak_rss_mb=usage.ru_maxrss / 1024, cpu_s=usage.ru_utime + usage.ru_stime, load_before=load, load_after=load_avg(),
              epochs=epochs)
     return d
 
@@ -191,9 +194,9 @@ def child_main(a) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="transferlab vs the PyTorch transfer-learning "
                                  "tutorial pipeline (linear probe and full fine-tuning)")
-    ap.add_argument("--per-class", type=int, default=500, help="training images per class")
+    ap.add_argument("--per-class", type=int, default=200, help="training images per class")
     ap.add_argument("--test-per-class", type=int, default=0,
-                    help="test images per class (0 = per-class / 5, the CIFAR-10 ratio)")
+                    help="test images per class (0 = max(per-class / 5, 100))")
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--epochs-linear", type=int, default=10)
     ap.add_argument("--epochs-finetune", type=int, default=1)
@@ -206,6 +209,10 @@ def main(argv=None) -> int:
                     help="transferlab's input normalisation (the tutorial always uses ImageNet's)")
     ap.add_argument("--ft-lr", type=float, default=0.01, help="transferlab fine-tune SGD lr")
     ap.add_argument("--ft-augment", default="crop_flip", help="transferlab fine-tune augment")
+    ap.add_argument("--ft-tta", action="store_true",
+                    help="transferlab fine-tune: flip TTA on the test split (off: the tutorial has none)")
+    ap.add_argument("--linear-one-view", action="store_true",
+                    help="transferlab linear probe without the flip views (augment none, no TTA)")
     ap.add_argument("--only", choices=["linear", "finetune"], help="run one comparison")
     ap.add_argument("--quick", action="store_true",
                     help="smoke size: 4 train / 2 test images per class, 32 px, 1 epoch each")
@@ -225,7 +232,7 @@ def main(argv=None) -> int:
         a.per_class, a.test_per_class, a.resolution = 4, 2, 32
         a.epochs_linear = a.epochs_finetune = 1
         a.batch_size, a.workers = 8, 0
-    test_per_class = a.test_per_class or max(1, a.per_class // 5)
+    test_per_class = a.test_per_class or min(1000, max(a.per_class // 5, 100))
 
     from _cifar_subset import extract_subset, find_archive
     archive = find_archive(a.archive)
@@ -252,7 +259,7 @@ def main(argv=None) -> int:
     n_train = counts["train"]
     print()
     hdr = (f"{'comparison':<10} {'pipeline':<12} {'epochs':>6} {'wall s':>8} {'img/s':>8} "
-           f"{'peak RSS MB':>11} {'test acc':>8}  load before/after")
+           f"{'peak RSS MB':>11} {'test acc':>8} {'CPU s':>7}  load before/after")
     print(hdr)
     print("-" * len(hdr))
     speed = {}
@@ -261,13 +268,21 @@ def main(argv=None) -> int:
             r = results[pipeline, mode]
             r["img_per_s"] = epochs * n_train / r["wall_s"]
             print(f"{mode:<10} {pipeline:<12} {epochs:>6} {r['wall_s']:>8.1f} {r['img_per_s']:>8.1f} "
-                  f"{r['peak_rss_mb']:>11.0f} {r['test_acc']:>8.2%}  {r['load_before']} / {r['load_after']}")
+                  f"{r['peak_rss_mb']:>11.0f} {r['test_acc']:>8.2%} {r['cpu_s']:>7.0f}  {r['load_before']} / {r['load_after']}")
         t, tl = results["tutorial", mode], results["transferlab", mode]
         speed[mode] = t["wall_s"] / tl["wall_s"]
-        print(f"{mode:<10} {'ratio tl/tut':<12} {'':>6} {t['wall_s'] / tl['wall_s']:>7.2f}x "
+        print(f"{mode:<10} {'ratio *':<12} {'':>6} {t['wall_s'] / tl['wall_s']:>7.2f}x "
               f"{'':>8} {tl['peak_rss_mb'] / t['peak_rss_mb']:>10.2f}x {tl['test_acc'] - t['test_acc']:>+8.2%}"
+              f" {t['cpu_s'] / tl['cpu_s']:>6.2f}x"
               f"  (transferlab test acc without flip TTA {tl['test_acc_no_tta']:.2%}; tutorial "
               f"best epoch {t['test_acc_best_epoch']:.2%})")
+    print("* ratio row: wall = tutorial/transferlab (the speedup), RSS = transferlab/tutorial, "
+          "test acc = transferlab - tutorial, CPU s = tutorial/transferlab")
+    for mode, _ in comps:
+        tl = results["transferlab", mode]
+        print(f"transferlab {mode}: {tl['train_seconds']:.1f}s fitting (features + head, or the "
+              f"training epochs), {tl['run_seconds']:.1f}s in the experiment, {tl['wall_s']:.1f}s "
+              "with decoding and set-up")
     if a.json:
         a.json.write_text(json.dumps({f"{p}/{m}": r for (p, m), r in results.items()}, indent=1))
     fmt = lambda m: f"{speed[m]:.2f}" if m in speed else "n/a"  # noqa: E731

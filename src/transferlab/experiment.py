@@ -15,7 +15,7 @@ from .augment import Pipeline
 from .config import ExperimentSpec
 from .data import Splits
 from .features import cached_features, fit_head, fold_standardisation, probe_views
-from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate
+from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
 from .util import atomic_save, environment, peak_rss_mb, resolve_precision, seed_everything
 
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
@@ -110,8 +110,7 @@ def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, sa
     amp = lambda: autocast(device, amp_dtype)  # noqa: E731
     batch = 2 * spec.batch_size
     x, y = splits.x["test"], splits.y["test"]
-    ev_plain = evaluate(net, pipe, x, y, batch, amp, tta=False)
-    ev = evaluate(net, pipe, x, y, batch, amp, tta=True) if spec.tta else ev_plain
+    ev_plain, ev = evaluate_views(net, pipe, x, y, batch, amp, spec.tta)
     out = _scores(ev, ev_plain, splits.num_classes)
     out.update(val_acc=fit.best_val, best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
                extra={"fit": "backprop"})

@@ -87,24 +87,34 @@ class Evaluation:
         return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes).tolist()
 
 
-@torch.inference_mode()
-def evaluate(net: nn.Module, pipe: Pipeline, x: torch.Tensor, y: torch.Tensor, batch: int,
-             amp, tta: bool) -> Evaluation:
-    net.eval()
-    logits = []
-    for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
-        with amp():
-            out = net(pipe.eval(xb)).float()
-            if tta:
-                out = out + net(pipe.eval(xb, flip=True)).float()
-                out = out / 2
-        logits.append(out.cpu())
-    logits = torch.cat(logits) if logits else torch.empty(0, 1)
+def _evaluation(logits: torch.Tensor, y: torch.Tensor) -> Evaluation:
     loss = float(F.cross_entropy(logits, y)) if len(y) else float("nan")
     preds = logits.argmax(1)
     acc = float((preds == y).float().mean()) if len(y) else float("nan")
     return Evaluation(acc, loss, preds, y)
+
+
+@torch.inference_mode()
+def evaluate_views(net: nn.Module, pipe: Pipeline, x: torch.Tensor, y: torch.Tensor,
+                   batch: int, amp, tta: bool) -> tuple[Evaluation, Evaluation]:
+    """(plain, flip-TTA) scores from one pass over the images; TTA equals plain if off."""
+    net.eval()
+    plain, both = [], []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch]
+        with amp():
+            out = net(pipe.eval(xb)).float()
+            plain.append(out.cpu())
+            if tta:
+                both.append(((out + net(pipe.eval(xb, flip=True)).float()) / 2).cpu())
+    plain_logits = torch.cat(plain) if plain else torch.empty(0, 1)
+    ev_plain = _evaluation(plain_logits, y)
+    return ev_plain, (_evaluation(torch.cat(both), y) if tta and both else ev_plain)
+
+
+def evaluate(net: nn.Module, pipe: Pipeline, x: torch.Tensor, y: torch.Tensor, batch: int,
+             amp, tta: bool) -> Evaluation:
+    return evaluate_views(net, pipe, x, y, batch, amp, tta)[1]
 
 
 # ------------------------------------------------------------------ the loop
