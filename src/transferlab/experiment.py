@@ -16,7 +16,8 @@ from .config import ExperimentSpec
 from .data import Splits
 from .features import cached_features, fit_head, fold_standardisation, probe_views
 from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
-from .util import atomic_save, environment, peak_rss_mb, resolve_precision, seed_everything
+from .util import (atomic_save, environment, eval_batch, peak_rss_mb, resolve_precision,
+                   seed_everything)
 
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 
@@ -108,7 +109,7 @@ def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, sa
     fit = trainer.fit(splits.x, splits.y)
     net.load_state_dict(fit.state)
     amp = lambda: autocast(device, amp_dtype)  # noqa: E731
-    batch = 2 * spec.batch_size
+    batch = eval_batch(spec.batch_size, device)
     x, y = splits.x["test"], splits.y["test"]
     ev_plain, ev = evaluate_views(net, pipe, x, y, batch, amp, spec.tta)
     out = _scores(ev, ev_plain, splits.num_classes)

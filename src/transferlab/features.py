@@ -21,7 +21,7 @@ from .augment import Pipeline
 from .config import ExperimentSpec
 from .models import Net, make_head
 from .train import autocast, lr_factor, make_optimizer
-from .util import atomic_save, progress, safe_load
+from .util import atomic_save, eval_batch, progress, safe_load
 
 
 def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str) -> str:
@@ -63,7 +63,8 @@ def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cac
                 feats[split, view] = safe_load(path)
                 continue
             t0 = time.perf_counter()
-            f = extract(net.backbone, pipe, x[split], max(64, spec.batch_size), amp,
+            batch = eval_batch(spec.batch_size, pipe.device)
+            f = extract(net.backbone, pipe, x[split], batch, amp,
                         flip=view == "flip")
             dt = time.perf_counter() - t0
             seconds += dt

@@ -389,9 +389,10 @@ def describe_random_init(model: nn.Module, scheme: str, family: str) -> str:
 
 CATALOGUE = [
     ("baseline", "built-in CNN from scratch (first practical work)", "-"),
-    ("efficientnet_lite0", "efficient CNN, 4.7M params", "efficientnet_lite0"),
-    ("efficientnet_lite1", "efficient CNN, 5.4M params", "efficientnet_lite1"),
-    ("efficientnet_lite2", "efficient CNN, 6.1M params", "efficientnet_lite2"),
+    ("tf_efficientnet_lite0", "efficient CNN, 4.7M params (TF padding: probes best)", "efficientnet_lite0"),
+    ("tf_efficientnet_lite1", "efficient CNN, 5.4M params (TF padding)", "efficientnet_lite1"),
+    ("tf_efficientnet_lite2", "efficient CNN, 6.1M params (TF padding)", "efficientnet_lite2"),
+    ("efficientnet_lite0", "the same weights, symmetric padding", "efficientnet_lite0"),
     ("resnet50.a1_in1k", "classic CNN (timm)", None),
     ("convnext_tiny.in12k_ft_in1k", "modern CNN (timm)", None),
     ("efficientnet_b3.ra2_in1k", "efficient CNN (timm)", None),

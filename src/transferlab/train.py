@@ -22,7 +22,7 @@ from . import dist, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .errors import ExperimentFailed
-from .util import atomic_save, progress, safe_load
+from .util import atomic_save, eval_batch, progress, safe_load
 
 
 # ------------------------------------------------------------------ schedule and optimiser
@@ -189,7 +189,8 @@ class Trainer:
                    "lr": self.opt.param_groups[-1]["lr"], "seconds": seconds,
                    "img_per_s": seen * world / seconds}
             if len(y["val"]):
-                ev = evaluate(self.net, self.pipe, x["val"], y["val"], 2 * spec.batch_size,
+                ev = evaluate(self.net, self.pipe, x["val"], y["val"],
+                              eval_batch(spec.batch_size, self.device),
                               self.amp, tta=False)
                 row.update(val_acc=ev.acc, val_loss=ev.loss)
                 if ev.acc > track["best_val"]:
