@@ -100,13 +100,9 @@ class ExperimentSpec:
         return experiment_id(self)
 
     @property
-    def frozen_backbone(self) -> bool:
-        return self.regime == "linear"
-
-    @property
     def uses_features(self) -> bool:
         """Frozen backbone fitted on cached features (no per-epoch backbone forward)."""
-        return self.frozen_backbone and self.fit in ("auto", "features") and self.model != "baseline"
+        return self.regime == "linear" and self.fit in ("auto", "features") and self.model != "baseline"
 
     @property
     def last_k(self) -> int | None:
@@ -134,29 +130,12 @@ class Study:
     store: Path
     runs_dir: Path
 
-    def find(self, name: str) -> ExperimentSpec:
-        for e in self.experiments:
-            if e.name == name:
-                return e
-        raise UserError(f"no experiment named {name!r} in study {self.name!r}; "
-                        f"known: {', '.join(e.name for e in self.experiments)}")
-
 
 def experiment_id(spec: ExperimentSpec) -> str:
     d = spec.to_dict()
     d.pop("name")
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def spec_from_dict(d: dict) -> ExperimentSpec:
-    """Rebuild a spec stored as JSON (the inverse of `to_dict`)."""
-    d = dict(d)
-    d["head"] = HeadSpec(**{**d["head"], "hidden": tuple(d["head"]["hidden"])})
-    d["optimizer"] = OptimizerSpec(**{**d["optimizer"], "betas": tuple(d["optimizer"]["betas"])})
-    d["data"] = DataSpec(**d["data"])
-    d["probe_wd"] = tuple(d["probe_wd"])
-    return ExperimentSpec(**d)
 
 
 # ---------------------------------------------------------------- strict parsing

@@ -56,7 +56,8 @@ class Row:
 
 def key_params(cfg: dict) -> str:
     o = cfg["optimizer"]
-    parts = [f"{cfg['resolution'] or 32}px", f"{o['name']} lr={o['lr']:g}", f"{cfg['epochs']}ep"]
+    res = f"{cfg['resolution']}px" if cfg["resolution"] else "native px"
+    parts = [res, f"{o['name']} lr={o['lr']:g}", f"{cfg['epochs']}ep"]
     if cfg["head"]["kind"] == "mlp":
         parts.insert(0, "mlp" + "x".join(str(h) for h in cfg["head"]["hidden"]))
     return ", ".join(parts)
