@@ -56,9 +56,8 @@ def _load(args):
     from .data import fingerprint
     study = load_study(args.config, data=args.data, subset=args.subset, epochs=args.epochs,
                        fingerprint=fingerprint)
-    if args.store:  # checkpoints and feature caches live beside the store
-        study.store = args.store
-        study.runs_dir = args.store.resolve().parent
+    if args.store:
+        study.use_store(args.store)
     return study
 
 

@@ -130,6 +130,11 @@ class Study:
     store: Path
     runs_dir: Path
 
+    def use_store(self, path: str | Path) -> None:
+        """Another store; checkpoints and feature caches move beside it."""
+        self.store = Path(path)
+        self.runs_dir = self.store.resolve().parent
+
 
 def experiment_id(spec: ExperimentSpec) -> str:
     d = spec.to_dict()
