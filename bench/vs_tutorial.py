@@ -15,15 +15,19 @@ directory), same resolution, epochs and batch size, run one after the other in o
   transferlab  the Runner/config API with a fresh store, fresh feature cache and fresh decode
                cache, so its one-time JPEG decoding and feature extraction are inside its time.
                Linear probe = regime "linear" (features extracted once, head fitted on them, weight
-               decay chosen on a 10% validation split carved out of the same training images);
-               fine-tuning = regime "full", fp32, channels_last.
+               decay chosen on a 10% validation split carved out of the same training images), in
+               two runs side by side: "transferlab" with one backbone forward per image
+               (augment "none", no TTA; the speedup line's figure) and "transferlab-flip", the
+               library default (flipped training features as augmentation, flip TTA: 2 forwards
+               per image, more accurate). Fine-tuning = regime "full", fp32, channels_last.
 
 Each pipeline runs in its own subprocess; its wall time is measured inside the child (after
 imports, from the first data access to the test accuracy), its peak RSS from the child's
 rusage (os.wait4). images/s = epochs x training images / wall time, so the ratio of images/s
-is the ratio of times. The last line is `speedup linear=<x> finetune=<y>`.
+is the ratio of times. The last line is `speedup linear=<x> finetune=<y>`
+(linear = the one-view probe; the line above it gives the flip-view probe's ratio).
 
-    .venv/bin/python bench/vs_tutorial.py            # default size: ~2.5 min on 2 cores at load 2
+    .venv/bin/python bench/vs_tutorial.py            # default size: ~2.5 min on 2 cores
     .venv/bin/python bench/vs_tutorial.py --quick    # smoke size for CI (< 1 min)
 """
 from __future__ import annotations
@@ -68,6 +72,7 @@ def child_tutorial(a) -> dict:
     import torch
     from torch import nn
     from torchvision import datasets, transforms as T
+    import timm  # noqa: F401  (imports stay outside the clock, as in the transferlab child)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     res = a.resolution
@@ -131,7 +136,8 @@ def transferlab_study(a, tmp: Path) -> dict:
 def child_transferlab(a) -> dict:
     import contextlib
     import io
-    import torch  # noqa: F401  (imported before the clock starts, as for the tutorial)
+    import timm  # noqa: F401  (imported before the clock starts, as for the tutorial)
+    import torch  # noqa: F401
     from transferlab.config import parse_study
     from transferlab.data import fingerprint
     from transferlab.store import Store
@@ -162,13 +168,14 @@ def child_transferlab(a) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_child(pipeline: str, mode: str, epochs: int, a, data: Path) -> dict:
+def run_child(pipeline: str, mode: str, epochs: int, a, data: Path, one_view: bool) -> dict:
     out = Path(tempfile.mkstemp(prefix=f"{pipeline}-{mode}-", suffix=".json")[1])
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", pipeline, "--mode", mode,
            "--data", str(data), "--epochs", str(epochs), "--out-json", str(out),
            "--resolution", str(a.resolution), "--batch-size", str(a.batch_size),
            "--threads", str(a.threads), "--workers", str(a.workers), "--model", a.model,
-           "--normalize", a.normalize, "--ft-lr", str(a.ft_lr), "--ft-augment", a.ft_augment] + (["--ft-tta"] if a.ft_tta else []) + (["--linear-one-view"] if a.linear_one_view else [])
+           "--normalize", a.normalize, "--ft-lr", str(a.ft_lr), "--ft-augment", a.ft_augment]
+    cmd += (["--ft-tta"] if a.ft_tta else []) + (["--linear-one-view"] if one_view else [])
     load = load_avg()
     proc = subprocess.Popen(cmd)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -191,6 +198,57 @@ def child_main(a) -> None:
 
 # ------------------------------------------------------------------ parent
 
+PIPELINES = {  # label -> (child pipeline, one-view linear probe)
+    "tutorial": ("tutorial", False),
+    "transferlab": ("transferlab", True),
+    "transferlab-flip": ("transferlab", False),
+}
+
+
+def plan(a) -> list[tuple[str, int, list[str]]]:
+    """(comparison, epochs, pipeline labels) in run order."""
+    linear = ["tutorial"] + {"one": ["transferlab"], "flip": ["transferlab-flip"],
+                             "both": ["transferlab", "transferlab-flip"]}[a.linear_views]
+    comps = [("linear", a.epochs_linear, linear),
+             ("finetune", a.epochs_finetune, ["tutorial", "transferlab"])]
+    return [c for c in comps if not a.only or c[0] == a.only]
+
+
+def print_table(comps, results, n_train) -> dict:
+    hdr = (f"{'comparison':<10} {'pipeline':<16} {'epochs':>6} {'wall s':>8} {'img/s':>8} "
+           f"{'peak RSS MB':>11} {'test acc':>8} {'CPU s':>7}  load before/after")
+    print(hdr)
+    print("-" * len(hdr))
+    speed = {}
+    for mode, epochs, labels in comps:
+        for label in labels:
+            r = results[label, mode]
+            r["img_per_s"] = epochs * n_train / r["wall_s"]
+            print(f"{mode:<10} {label:<16} {epochs:>6} {r['wall_s']:>8.1f} {r['img_per_s']:>8.1f} "
+                  f"{r['peak_rss_mb']:>11.0f} {r['test_acc']:>8.2%} {r['cpu_s']:>7.0f}  "
+                  f"{r['load_before']} / {r['load_after']}")
+        t = results["tutorial", mode]
+        for label in labels[1:]:
+            tl = results[label, mode]
+            speed[label, mode] = t["wall_s"] / tl["wall_s"]
+            print(f"{mode:<10} {'ratio * ' + label[len('transferlab'):]:<16} {'':>6} "
+                  f"{speed[label, mode]:>7.2f}x {'':>8} {tl['peak_rss_mb'] / t['peak_rss_mb']:>10.2f}x "
+                  f"{tl['test_acc'] - t['test_acc']:>+8.2%} {t['cpu_s'] / tl['cpu_s']:>6.2f}x"
+                  f"  ({label} test acc without flip TTA {tl['test_acc_no_tta']:.2%}; tutorial "
+                  f"best epoch {t['test_acc_best_epoch']:.2%})")
+    print("* ratio rows: wall = tutorial/transferlab (the speedup), RSS = transferlab/tutorial, "
+          "test acc = transferlab - tutorial, CPU s = tutorial/transferlab")
+    print("  transferlab = one backbone forward per image for the linear probe (augment none, no "
+          "TTA); transferlab-flip = the library default (plus flipped train features, flip TTA)")
+    for mode, _, labels in comps:
+        for label in labels[1:]:
+            tl = results[label, mode]
+            print(f"{label} {mode}: {tl['train_seconds']:.1f}s fitting (features + head, or the "
+                  f"training epochs), {tl['run_seconds']:.1f}s in the experiment, "
+                  f"{tl['wall_s']:.1f}s with decoding and set-up")
+    return speed
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="transferlab vs the PyTorch transfer-learning "
                                  "tutorial pipeline (linear probe and full fine-tuning)")
@@ -211,8 +269,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ft-augment", default="crop_flip", help="transferlab fine-tune augment")
     ap.add_argument("--ft-tta", action="store_true",
                     help="transferlab fine-tune: flip TTA on the test split (off: the tutorial has none)")
-    ap.add_argument("--linear-one-view", action="store_true",
-                    help="transferlab linear probe without the flip views (augment none, no TTA)")
+    ap.add_argument("--linear-views", choices=["one", "flip", "both"], default="both",
+                    help="transferlab linear probes to run: one forward per image (the speedup "
+                         "line's figure), the default flip views, or both side by side")
     ap.add_argument("--only", choices=["linear", "finetune"], help="run one comparison")
     ap.add_argument("--quick", action="store_true",
                     help="smoke size: 4 train / 2 test images per class, 32 px, 1 epoch each")
@@ -220,6 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write every measurement here")
     # internal: one pipeline in a child process
     ap.add_argument("--child", choices=["tutorial", "transferlab"], help=argparse.SUPPRESS)
+    ap.add_argument("--linear-one-view", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--mode", choices=["linear", "finetune"], help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, help=argparse.SUPPRESS)
@@ -237,56 +297,34 @@ def main(argv=None) -> int:
     from _cifar_subset import extract_subset, find_archive
     archive = find_archive(a.archive)
     tmp = Path(tempfile.mkdtemp(prefix="vs-tutorial-"))
+    comps = plan(a)
     try:
         counts = extract_subset(archive, tmp / "data", a.per_class, test_per_class)
         print(f"data: first {a.per_class} train / {test_per_class} test images per class of "
               f"{archive} -> {counts['train']} train, {counts['test']} test; "
               f"{a.resolution}px, batch {a.batch_size}, {a.threads} threads, model {a.model}",
               flush=True)
-        comps = [("linear", a.epochs_linear), ("finetune", a.epochs_finetune)]
-        if a.only:
-            comps = [c for c in comps if c[0] == a.only]
         results = {}
-        for mode, epochs in comps:
-            for pipeline in ("tutorial", "transferlab"):
-                print(f"running {pipeline} {mode} ({epochs} epoch(s)) ... load {load_avg()}",
+        for mode, epochs, labels in comps:
+            for label in labels:
+                pipeline, one_view = PIPELINES[label]
+                print(f"running {label} {mode} ({epochs} epoch(s)) ... load {load_avg()}",
                       flush=True)
-                results[pipeline, mode] = r = run_child(pipeline, mode, epochs, a, tmp / "data")
+                results[label, mode] = r = run_child(pipeline, mode, epochs, a, tmp / "data",
+                                                     one_view and mode == "linear")
                 print(f"  {r['wall_s']:.1f}s, test acc {r['test_acc']:.2%}", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    n_train = counts["train"]
     print()
-    hdr = (f"{'comparison':<10} {'pipeline':<12} {'epochs':>6} {'wall s':>8} {'img/s':>8} "
-           f"{'peak RSS MB':>11} {'test acc':>8} {'CPU s':>7}  load before/after")
-    print(hdr)
-    print("-" * len(hdr))
-    speed = {}
-    for mode, epochs in comps:
-        for pipeline in ("tutorial", "transferlab"):
-            r = results[pipeline, mode]
-            r["img_per_s"] = epochs * n_train / r["wall_s"]
-            print(f"{mode:<10} {pipeline:<12} {epochs:>6} {r['wall_s']:>8.1f} {r['img_per_s']:>8.1f} "
-                  f"{r['peak_rss_mb']:>11.0f} {r['test_acc']:>8.2%} {r['cpu_s']:>7.0f}  {r['load_before']} / {r['load_after']}")
-        t, tl = results["tutorial", mode], results["transferlab", mode]
-        speed[mode] = t["wall_s"] / tl["wall_s"]
-        print(f"{mode:<10} {'ratio *':<12} {'':>6} {t['wall_s'] / tl['wall_s']:>7.2f}x "
-              f"{'':>8} {tl['peak_rss_mb'] / t['peak_rss_mb']:>10.2f}x {tl['test_acc'] - t['test_acc']:>+8.2%}"
-              f" {t['cpu_s'] / tl['cpu_s']:>6.2f}x"
-              f"  (transferlab test acc without flip TTA {tl['test_acc_no_tta']:.2%}; tutorial "
-              f"best epoch {t['test_acc_best_epoch']:.2%})")
-    print("* ratio row: wall = tutorial/transferlab (the speedup), RSS = transferlab/tutorial, "
-          "test acc = transferlab - tutorial, CPU s = tutorial/transferlab")
-    for mode, _ in comps:
-        tl = results["transferlab", mode]
-        print(f"transferlab {mode}: {tl['train_seconds']:.1f}s fitting (features + head, or the "
-              f"training epochs), {tl['run_seconds']:.1f}s in the experiment, {tl['wall_s']:.1f}s "
-              "with decoding and set-up")
+    speed = print_table(comps, results, counts["train"])
     if a.json:
         a.json.write_text(json.dumps({f"{p}/{m}": r for (p, m), r in results.items()}, indent=1))
-    fmt = lambda m: f"{speed[m]:.2f}" if m in speed else "n/a"  # noqa: E731
-    print(f"speedup linear={fmt('linear')} finetune={fmt('finetune')}")
+    linear = speed.get(("transferlab", "linear"), speed.get(("transferlab-flip", "linear")))
+    if ("transferlab-flip", "linear") in speed and ("transferlab", "linear") in speed:
+        print(f"speedup of the default flip-view probe: linear={speed['transferlab-flip', 'linear']:.2f}")
+    fmt = lambda x: f"{x:.2f}" if x is not None else "n/a"  # noqa: E731
+    print(f"speedup linear={fmt(linear)} finetune={fmt(speed.get(('transferlab', 'finetune')))}")
     return 0
 
 

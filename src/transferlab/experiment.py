@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from . import dist, models, regimes
+from . import dist, kernels, models, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .data import Splits
-from .features import cached_features, fit_head, fold_standardisation, probe_views
+from .features import cached_features, fit_heads, fold_standardisation, probe_views
 from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
 from .util import (atomic_save, environment, eval_batch, peak_rss_mb, resolve_precision,
                    seed_everything)
@@ -77,7 +77,8 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         say(line)
     amp = lambda: autocast(device, amp_dtype)  # noqa: E731
     if spec.uses_features:
-        result = _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say)
+        result = _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say,
+                        trace=amp_dtype is None)
     else:
         result = _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
@@ -105,6 +106,9 @@ def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, sa
         net.backbone.data_init(pipe.eval(splits.x["train"][:5000]).float())
     if spec.compile:
         net.forward = torch.compile(net.forward)
+    elif device.type == "cpu" and (n := kernels.use_fast_depthwise(net)):
+        say(f"  cpu kernels    : direct weight gradient for the {n} depthwise convolutions "
+            "(oneDNN's is slow when padding covers the map)")
     trainer = Trainer(net, spec, pipe, device, amp_dtype, ckpt, record_epoch, say)
     fit = trainer.fit(splits.x, splits.y)
     net.load_state_dict(fit.state)
@@ -118,11 +122,11 @@ def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, sa
     return out
 
 
-def _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say) -> dict:
+def _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say, trace) -> dict:
     views = probe_views(spec)
     if not len(splits.y["val"]):
         views.pop("val")
-    fs = cached_features(spec, net, pipe, splits.x, feature_dir, amp, views, say)
+    fs = cached_features(spec, net, pipe, splits.x, feature_dir, amp, views, say, trace)
     if fs.extracted == 0:
         say("  features: all read from the cache (no backbone forward needed)")
     train_f = torch.cat([fs.feats["train", v] for v in views["train"]])
@@ -134,9 +138,9 @@ def _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say) -> dict
     t0 = time.perf_counter()
     wds = list(spec.probe_wd) if len(val_y) else [spec.optimizer.weight_decay]
     sweep, best = [], None
-    for wd in wds:
-        head, hist = fit_head(spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y,
-                              val_f, val_y, wd)
+    fits = fit_heads(spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f,
+                     val_y, wds)
+    for wd, (head, hist) in zip(wds, fits):
         acc = hist[-1].get("val_acc")
         sweep.append({"weight_decay": wd, "val_acc": acc})
         say(f"  probe weight decay {wd:g}: val acc "
