@@ -120,3 +120,8 @@ def test_layer_decay_scales_lr_by_depth():
     groups = regimes.param_groups(models.build(spec, 4), spec)
     scale = {g["group"]: g["lr_scale"] for g in groups}
     assert scale["head"] == 1.0 and scale["stage4"] == 0.5 and scale["stem"] == 0.5 ** 5
+
+
+def test_full_from_random_init_does_not_claim_pretrained_weights():
+    assert regimes.describe(_spec("full"), []) == "full fine-tuning from pretrained weights"
+    assert "random init" in regimes.describe(_spec("full", weights="none"), [])

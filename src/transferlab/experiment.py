@@ -164,7 +164,8 @@ def _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say, trace) 
     out.update(val_acc=best_acc if len(val_y) else None, best_epoch=spec.epochs,
                train_seconds=fs.seconds + time.perf_counter() - t0,
                extra={"fit": "cached features", "probe_sweep": sweep, "chosen_wd": best_wd,
-                      "feature_seconds": fs.seconds, "features_extracted": fs.extracted})
+                      "feature_seconds": fs.seconds, "features_extracted": fs.extracted,
+                      "feature_extraction": fs.mode})
     return out
 
 

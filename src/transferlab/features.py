@@ -98,6 +98,7 @@ class FeatureSet:
     feats: dict  # (split, view) -> tensor
     seconds: float  # time spent extracting in this call (0 when all came from the cache)
     extracted: int  # images pushed through the backbone in this call
+    mode: str  # how they were pushed: "eager", "TorchScript, frozen", or "cache" if none were
 
 
 def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cache_dir: Path,
@@ -120,7 +121,7 @@ def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cac
                 f"({len(f) / max(dt, 1e-9):.0f} img/s, {extractor.mode}), cached at {path.name}")
             atomic_save(f, path)
             feats[split, view] = f
-    return FeatureSet(feats, seconds, count)
+    return FeatureSet(feats, seconds, count, extractor.mode if count else "cache")
 
 
 def probe_views(spec: ExperimentSpec) -> dict[str, list[str]]:

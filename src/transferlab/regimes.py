@@ -90,7 +90,8 @@ def describe(spec: ExperimentSpec, frozen: list[str]) -> str:
                 f"{', '.join(frozen) or 'nothing'}")
     if r == "full":
         ld = f", layer-wise LR decay {spec.layer_decay}" if spec.layer_decay < 1 else ""
-        return f"full fine-tuning from pretrained weights{ld}"
+        start = "random init (weights = \"none\")" if spec.weights == "none" else "pretrained weights"
+        return f"full fine-tuning from {start}{ld}"
     if r == "scratch":
         return "training from scratch: random init, every layer trains"
     return (f"gradual unfreezing: head only for {spec.gradual_head_epochs} epoch(s), then every "
