@@ -9,6 +9,7 @@
 Rounds alternate the two sides of each comparison; the table gives the median.
 
     PYTHONPATH=src .venv/bin/python bench/cpu_kernels.py --model efficientnet_lite0 --resolution 64
+    PYTHONPATH=src .venv/bin/python bench/cpu_kernels.py --quick      # smoke size (seconds)
 """
 from __future__ import annotations
 
@@ -116,7 +117,10 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="training batch (extraction uses 2x)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="smoke size for CI: batch 4, 32 px, 1 round")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.batch, a.resolution, a.rounds = 4, 32, 1
     torch.set_num_threads(a.threads)
     print(f"torch {torch.__version__}, {a.threads} threads, load "
           f"{Path('/proc/loadavg').read_text().split()[:3]}\n")

