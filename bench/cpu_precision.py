@@ -1,62 +1,69 @@
-"""fp32 vs bf16 autocast on this CPU: EfficientNet-Lite0 inference images/s, side by side.
+"""Every way transferlab can run a model on this CPU, side by side: training steps and
+inference (feature extraction), fp32 / fp32 fast paths / bf16 autocast, images per second.
 
-Rounds alternate between the settings so that load from other users hits all of them alike;
-the median round is reported with the load average.
+These are the candidates `precision = "auto"` chooses between (hardware.decide), timed by the
+same function (hardware.measure) on the real ImageNet weights. Rounds alternate between the
+settings so that load from other users hits all of them alike; the median round is reported.
 
-    .venv/bin/python bench/cpu_precision.py --resolution 64 --rounds 3
+    PYTHONPATH=src .venv/bin/python bench/cpu_precision.py --resolution 64 --rounds 3
+    PYTHONPATH=src .venv/bin/python bench/cpu_precision.py --quick    # smoke size (seconds)
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from contextlib import nullcontext
 from pathlib import Path
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="efficientnet_lite0")
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--batches", type=int, default=4, help="timed batches per round")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per round (fastest kept)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
+    ap.add_argument("--weights", default="imagenet", help="imagenet | none")
+    ap.add_argument("--quick", action="store_true", help="smoke size: batch 4, 32 px, 1 round")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.batch, a.resolution, a.rounds, a.steps = 4, 32, 1, 1
     import torch
+    from transferlab import hardware
     from transferlab.models import _timm_backbone
-    from transferlab.util import cpu_has_fast_bf16, cpu_name
+    from transferlab.util import cpu_name
     torch.set_num_threads(a.threads)
-    net, _ = _timm_backbone("efficientnet_lite0", "imagenet")
-    net.eval()
-    x = torch.randn(a.batch, 3, a.resolution, a.resolution)
-    settings = {
-        "fp32 contiguous": (torch.contiguous_format, None),
-        "fp32 channels_last": (torch.channels_last, None),
-        "bf16 autocast channels_last": (torch.channels_last, torch.bfloat16),
-    }
-    speeds = {k: [] for k in settings}
-    for _ in range(a.rounds):
-        for name, (fmt, dtype) in settings.items():
-            m = net.to(memory_format=fmt)
-            xi = x.contiguous(memory_format=fmt)
-            ctx = (lambda: torch.autocast("cpu", dtype=dtype)) if dtype else nullcontext
-            with torch.inference_mode(), ctx():
-                m(xi)  # warm-up
-                t0 = time.perf_counter()
-                for _ in range(a.batches):
-                    m(xi)
-                dt = time.perf_counter() - t0
-            speeds[name].append(a.batches * a.batch / dt)
-    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    backbone, _ = _timm_backbone(a.model, a.weights)
+    net = torch.nn.Sequential(backbone, torch.nn.LazyLinear(10))
+    net(torch.randn(2, 3, a.resolution, a.resolution))  # materialise the head
+    net = net.to(memory_format=torch.channels_last)
+    plans = {"train": [hardware.FP32, hardware.FAST["train"], hardware.BF16],
+             "extract": [hardware.FP32, hardware.FAST["extract"], hardware.BF16]}
     print(f"{cpu_name()}, {a.threads} threads, torch {torch.__version__}, native bf16: "
-          f"{cpu_has_fast_bf16()}, load after {load}")
-    print(f"Lite0 inference {a.resolution}px batch {a.batch}, median of {a.rounds} rounds")
-    base = statistics.median(speeds["fp32 channels_last"])
-    for name, s in speeds.items():
-        med = statistics.median(s)
-        print(f"  {name:<30} {med:8.1f} img/s  ({med / base:.2f}x fp32 channels_last; "
-              f"rounds {', '.join(f'{v:.0f}' for v in s)})")
+          f"{hardware.native_bf16_cpu()}")
+    print(f"{a.model} ({a.weights}) {a.resolution}px batch {a.batch} channels_last, "
+          f"median of {a.rounds} rounds (each the fastest of {a.steps} steps)\n")
+    print(f"| {'kind':<8} | {'way of running':<26} | {'img/s':>7} | vs fp32 | rounds")
+    print(f"|{'-' * 10}|{'-' * 28}|{'-' * 9}|---------|-------")
+    for kind, cands in plans.items():
+        module = net if kind == "train" else backbone.to(memory_format=torch.channels_last)
+        rounds: dict[str, list[float]] = {c.name: [] for c in cands}
+        for _ in range(a.rounds):
+            for name, v in hardware.measure(module, kind, cands, a.batch, a.resolution, True,
+                                            steps=a.steps).items():
+                rounds[name].append(v)
+        base = statistics.median(rounds[hardware.FP32.name])
+        for name, vals in rounds.items():
+            if not vals:
+                print(f"| {kind:<8} | {name:<26} | {'n/a':>7} |         | (does not apply)")
+                continue
+            med = statistics.median(vals)
+            print(f"| {kind:<8} | {name:<26} | {med:7.1f} | {med / base:6.2f}x | "
+                  + ", ".join(f"{v:.0f}" for v in vals))
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    print(f"\nload average after: {load}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -57,11 +57,11 @@ def part_extract(a) -> dict:
     import torch
     from transferlab.augment import Pipeline
     from transferlab.features import extract
-    from transferlab.train import autocast
+    from transferlab.hardware import BF16, FP32
     spec = lite_spec("linear", a.batch, a.res)
     net = build_lite(spec)
     pipe = Pipeline(net.info.mean, net.info.std, a.res, "none", torch.device(DEV), True)
-    amp = lambda: autocast(torch.device(DEV), torch.bfloat16 if DEV == "cuda" else None)  # noqa: E731
+    amp = lambda: (BF16 if DEV == "cuda" else FP32).autocast(torch.device(DEV))  # noqa: E731
     # uint8 NHWC on the host, as the engine keeps its decoded data; 32 px like CIFAR, resized
     x = torch.randint(0, 256, (a.extract_images, 32, 32, 3), dtype=torch.uint8)
     extract(net.backbone, pipe, x[:2 * a.batch], a.batch, amp)  # warm-up (cudnn autotune)
@@ -77,24 +77,25 @@ def part_extract(a) -> dict:
 def part_finetune(a, compile_: bool) -> dict:
     import torch
     from transferlab.augment import Pipeline
-    from transferlab.train import Trainer
+    from transferlab.train import Shards, Trainer
     spec = lite_spec("full", a.batch, a.res, compile_)
     net = build_lite(spec)
     if compile_:
         net.forward = torch.compile(net.forward)  # what experiment._train does for compile=true
     pipe = Pipeline(net.info.mean, net.info.std, a.res, spec.augment, torch.device(DEV), True)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
-    trainer = Trainer(net, spec, pipe, torch.device(DEV), torch.bfloat16 if DEV == "cuda" else None, tmp / "ck.pt",
+    from transferlab.hardware import BF16, FP32
+    trainer = Trainer(net, spec, pipe, torch.device(DEV), BF16 if DEV == "cuda" else FP32, tmp / "ck.pt",
                       lambda row: None, lambda msg: None)
     n = a.batch * a.steps
     x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))
     t0 = time.perf_counter()
-    trainer._train_epoch(x[:a.batch * 3], y[:a.batch * 3], 0, 3, 3 + a.steps, a.batch, 1, 0)
+    trainer._train_epoch(x[:a.batch * 3], y[:a.batch * 3], 0, Shards(a.batch, 3, 0), 3 + a.steps, 1, 0)
     sync()
     warm = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, _, seen = trainer._train_epoch(x, y, 1, a.steps, 3 + a.steps, a.batch, 1, 0)
+    _, _, seen = trainer._train_epoch(x, y, 1, Shards(a.batch, a.steps, 0), 3 + a.steps, 1, 0)
     sync()
     dt = time.perf_counter() - t0
     return {"what": f"full fine-tuning, Lite0 {a.res}px bf16 channels_last batch {a.batch}"

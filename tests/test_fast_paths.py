@@ -119,11 +119,13 @@ def test_frozen_trace_gives_eager_features_and_says_so():
     torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("net", [_Noisy(), _Untraceable()], ids=["mismatch", "untraceable"])
-def test_trace_that_fails_or_strays_falls_back_to_eager(net):
+@pytest.mark.parametrize("net,why", [(_Noisy(), ""), (_Untraceable(), "this model cannot be traced")],
+                         ids=["mismatch", "untraceable"])
+def test_trace_that_fails_or_strays_falls_back_to_eager_and_says_why(net, why):
     x = torch.randint(0, 256, (16, 16, 16, 3), dtype=torch.uint8)
     feats, mode = _extract(net, x, trace=True)
-    assert mode == "eager (trace failed)" and feats.shape == (16, 8)
+    assert mode.startswith("eager (trace failed: ") and feats.shape == (16, 8)
+    assert why in mode and len(mode) > len("eager (trace failed: )")
 
 
 # ------------------------------------------------------------------ weight-decay sweep
@@ -163,7 +165,15 @@ def test_mlp_heads_are_fitted_one_at_a_time():
 
 # ------------------------------------------------------------------ what the user sees
 
-def test_run_log_names_the_fast_paths(cli, workdir):
+def _fast_paths_win(monkeypatch):
+    """Whether a fast path pays is measured on the machine; pin the measurement's outcome."""
+    from transferlab import hardware
+    monkeypatch.setattr(hardware, "measure", lambda module, kind, cands, *a, **k: {
+        c.name: (200.0 if c.fast_path else 100.0) for c in cands})
+
+
+def test_run_log_names_the_fast_paths(cli, workdir, monkeypatch):
+    _fast_paths_win(monkeypatch)
     cfg = write_config(workdir / "fast.toml", """
         [study]
         name = "fast"
@@ -175,6 +185,7 @@ def test_run_log_names_the_fast_paths(cli, workdir):
         epochs = 1
         batch_size = 16
         resolution = 64
+        precision = "fp32"
 
         [[experiment]]
         name = "probe"

@@ -10,20 +10,19 @@ from pathlib import Path
 
 import torch
 
-from . import dist, kernels, models, regimes
+from . import dist, hardware, kernels, models, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .data import Splits
 from .features import cached_features, fit_heads, fold_standardisation, probe_views
-from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
-from .util import (atomic_save, environment, eval_batch, peak_rss_mb, resolve_precision,
-                   seed_everything)
+from .hardware import Choice
+from .train import Evaluation, Trainer, describe_optimizer, evaluate_views
+from .errors import UserError
+from .util import atomic_save, environment, eval_batch, peak_rss_mb, safe_load, seed_everything
 
-PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 
-
-def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan, amp_dtype,
-             resolution: int, splits: Splits, device) -> dict:
+def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
+             choices: dict[str, Choice], resolution: int, splits: Splits, device) -> dict:
     groups = regimes.group_map(net)
     optimizer = describe_optimizer(spec)
     if spec.uses_features:
@@ -43,7 +42,9 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan, am
                      "layer_decay": spec.layer_decay},
         "epochs": spec.epochs, "batch_size": spec.batch_size, "resolution": resolution,
         "augment": spec.augment, "label_smoothing": spec.label_smoothing,
-        "precision": PRECISION_NAMES[amp_dtype], "channels_last": spec.channels_last,
+        "precision": precision_text(spec.precision, choices),
+        "numerics": {k: c.record() for k, c in choices.items()},
+        "channels_last": spec.channels_last,
         "compile": spec.compile, "tta": spec.tta, "seed": spec.seed,
         "fit": ("cached features, weight decay chosen on validation from "
                 f"{list(spec.probe_wd)}" if spec.uses_features else "backprop through the network"),
@@ -63,24 +64,25 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     seed_everything(spec.seed)
     net = models.build(spec, splits.num_classes)
     plan = regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
-    amp_dtype = resolve_precision(spec.precision, device)
     net = net.to(device)
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
     resolution = spec.resolution or splits.image_size
     pipe = Pipeline(net.info.mean, net.info.std, resolution, spec.augment, device,
                     spec.channels_last)
-    details = describe(spec, net, plan, amp_dtype, resolution, splits, device)
+    choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt")
+    details = describe(spec, net, plan, choices, resolution, splits, device)
     record_details(details)
     from .report import format_details
     for line in format_details(details):
         say(line)
-    amp = lambda: autocast(device, amp_dtype)  # noqa: E731
+    for c in choices.values():
+        say(f"  numerics       : {c.line()}")
     if spec.uses_features:
-        result = _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say,
-                        trace=amp_dtype is None)
+        result = _probe(spec, net, pipe, splits, feature_dir, choices["extract"].numerics,
+                        record_epoch, say)
     else:
-        result = _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say)
+        result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=_peak_memory(device))
     if spec.uses_features:  # the weight decay actually used is the one validation chose
@@ -94,25 +96,64 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     return result
 
 
+def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
+                    checkpoint: Path) -> dict[str, Choice]:
+    """Precision and fast paths per kind of work, decided on rank 0 and shared with the others.
+    A resumed run keeps what its checkpoint ran with, so it stays bit-identical."""
+    kinds = {"extract": net.backbone} if spec.uses_features else {"train": net, "eval": net}
+    batches = {"train": spec.batch_size}
+    model_key = f"{spec.model}|{spec.regime}|{spec.head.kind}"  # what the step's cost depends on
+    choices = {}
+    if dist.rank() == 0:
+        ran_with = _checkpoint_numerics(checkpoint)
+        for kind, module in kinds.items():
+            if kind in ran_with:
+                choices[kind] = Choice(kind, hardware.by_name(ran_with[kind]), "as in the checkpoint")
+            elif spec.compile and kind == "train" and device.type == "cpu" \
+                    and spec.precision in ("auto", "fp32"):
+                choices[kind] = Choice(kind, hardware.FP32, "compiled: no fast paths")
+            else:
+                choices[kind] = hardware.decide(
+                    spec.precision, device, kind, module, model_key,
+                    batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
+                    spec.channels_last)
+    return dist.broadcast(choices)
+
+
+def _checkpoint_numerics(path: Path) -> dict[str, str]:
+    if not path.exists():
+        return {}
+    try:
+        return dict(safe_load(path).get("numerics", {}))
+    except UserError:
+        return {}  # a damaged checkpoint is reported where it is resumed
+
+
+def precision_text(setting: str, choices: dict[str, Choice]) -> str:
+    ran = ", ".join(f"{k} {c.numerics.name}" for k, c in choices.items())
+    return f"{ran} (precision = \"{setting}\")"
+
+
 def _scores(ev: Evaluation, ev_plain: Evaluation, ncls: int) -> dict:
     return {"test_acc": ev.acc, "test_acc_no_tta": ev_plain.acc,
             "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls)}
 
 
-def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say) -> dict:
+def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say) -> dict:
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
         net.backbone.data_init(pipe.eval(splits.x["train"][:5000]).float())
     if spec.compile:
         net.forward = torch.compile(net.forward)
-    elif device.type == "cpu" and (n := kernels.use_fast_depthwise(net)):
+    elif choices["train"].numerics.fast_path and (n := kernels.use_fast_depthwise(net)):
         say(f"  cpu kernels    : direct weight gradient for the {n} depthwise convolutions "
             "(oneDNN's is slow when padding covers the map)")
-    trainer = Trainer(net, spec, pipe, device, amp_dtype, ckpt, record_epoch, say)
+    trainer = Trainer(net, spec, pipe, device, choices["train"].numerics, ckpt, record_epoch, say,
+                      eval_numerics=choices["eval"].numerics)
     fit = trainer.fit(splits.x, splits.y)
     net.load_state_dict(fit.state)
-    amp = lambda: autocast(device, amp_dtype)  # noqa: E731
+    amp = lambda: choices["eval"].numerics.autocast(device)  # noqa: E731
     batch = eval_batch(spec.batch_size, device)
     x, y = splits.x["test"], splits.y["test"]
     ev_plain, ev = evaluate_views(net, pipe, x, y, batch, amp, spec.tta)
@@ -122,11 +163,15 @@ def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, sa
     return out
 
 
-def _probe(spec, net, pipe, splits, feature_dir, amp, record_epoch, say, trace) -> dict:
+def _probe(spec, net, pipe, splits, feature_dir, numerics, record_epoch, say) -> dict:
     views = probe_views(spec)
     if not len(splits.y["val"]):
         views.pop("val")
-    fs = cached_features(spec, net, pipe, splits.x, feature_dir, amp, views, say, trace)
+    if dist.rank() != 0:  # rank 0 extracts and caches the features; the others read them
+        dist.barrier()
+    fs = cached_features(spec, net, pipe, splits.x, feature_dir, numerics, views, say)
+    if dist.rank() == 0 and dist.world() > 1:
+        dist.barrier()
     if fs.extracted == 0:
         say("  features: all read from the cache (no backbone forward needed)")
     train_f = torch.cat([fs.feats["train", v] for v in views["train"]])

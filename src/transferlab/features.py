@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,39 +20,25 @@ from torch import nn
 
 from .augment import Pipeline
 from .config import ExperimentSpec
+from .hardware import Numerics
+from .kernels import frozen_for_inference
 from .models import Net, make_head
-from .train import autocast, lr_factor, make_optimizer
+from .train import lr_factor, make_optimizer
 from .util import atomic_save, eval_batch, progress, safe_load
 
 
-def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str) -> str:
+def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str, number_format: str,
+                decoded_side: int) -> str:
+    """What the features depend on: the backbone and its weights, the input pipeline (the side
+    the images were decoded at, which a later high-resolution experiment can change for
+    native-resolution ones), the data and split, and the number format of the extraction."""
     d = spec.data
     blob = json.dumps({"arch": net.info.arch, "weights": spec.weights, "init": net.info.init,
                        "res": spec.resolution, "mean": net.info.mean, "std": net.info.std,
                        "data": [d.fingerprint or d.source, d.subset, d.val_fraction, d.cache_size],
-                       "split": split, "view": view, "v": 1}, sort_keys=True)
+                       "decoded_side": decoded_side, "format": number_format,
+                       "split": split, "view": view, "v": 2}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def frozen_for_inference(backbone: nn.Module, sample: torch.Tensor, expected: torch.Tensor):
-    """A TorchScript trace of `backbone`, frozen (BatchNorm folded into the convolutions, ops
-    fused), or None when tracing fails or its output strays from eager's on `sample`.
-
-    CPU fp32 only: there it extracts features 1.3-1.8x faster than eager (bench/cpu_kernels.py),
-    and tracing plus freezing costs ~0.4 s once per experiment.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python-side shape checks
-            frozen = torch.jit.freeze(torch.jit.trace(backbone, sample[:2], check_trace=False))
-            got = frozen(sample).float()
-    except Exception:  # noqa: BLE001  (any failure means: stay eager)
-        return None
-    scale = float(expected.abs().max()) or 1.0
-    if got.shape != expected.shape or not torch.allclose(got, expected, rtol=1e-3,
-                                                         atol=1e-4 * scale):
-        return None
-    return frozen
 
 
 class Extractor:
@@ -72,8 +57,8 @@ class Extractor:
             out = self.backbone(xb).float()
         if self.allow_trace and len(xb) == self.batch:  # first full batch: try a frozen trace
             self.allow_trace = False
-            self.traced = frozen_for_inference(self.backbone, xb, out)
-            self.mode = "TorchScript, frozen" if self.traced is not None else "eager (trace failed)"
+            self.traced, why = frozen_for_inference(self.backbone, xb, out)
+            self.mode = "TorchScript, frozen" if self.traced is not None else f"eager (trace failed: {why})"
         return out
 
     @torch.inference_mode()
@@ -102,13 +87,15 @@ class FeatureSet:
 
 
 def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cache_dir: Path,
-                    amp, views: dict[str, list[str]], say, trace: bool = True) -> FeatureSet:
+                    numerics: Numerics, views: dict[str, list[str]], say) -> FeatureSet:
     feats, seconds, count = {}, 0.0, 0
-    extractor = Extractor(net.backbone, pipe, eval_batch(spec.batch_size, pipe.device), amp,
-                          allow_trace=trace)
+    extractor = Extractor(net.backbone, pipe, eval_batch(spec.batch_size, pipe.device),
+                          lambda: numerics.autocast(pipe.device), allow_trace=numerics.fast_path)
+    number_format = "fp32" if numerics.dtype is None else str(numerics.dtype).split(".")[-1]
     for split, split_views in views.items():
         for view in split_views:
-            path = cache_dir / f"{feature_key(spec, net, split, view)}.pt"
+            key = feature_key(spec, net, split, view, number_format, int(x[split].shape[1]))
+            path = cache_dir / f"{key}.pt"
             if path.exists():
                 feats[split, view] = safe_load(path)
                 continue

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dist, regimes
+from . import dist, hardware, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .errors import ExperimentFailed
+from .hardware import Numerics
 from .util import atomic_save, eval_batch, progress, safe_load
 
 
@@ -58,12 +58,6 @@ def describe_optimizer(spec: ExperimentSpec) -> dict:
     else:
         d.update(betas=list(o.betas), eps=o.eps)
     return d
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 # ------------------------------------------------------------------ evaluation
@@ -128,13 +122,43 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Shards:
+    """How one epoch splits over the ranks: every rank takes the same number of steps and the
+    same number of images in each (DDP all-reduces in backward: a rank that skipped a step
+    would leave the others waiting forever). An uneven tail is padded with images repeated
+    from the start of the epoch's permutation, as torch's DistributedSampler pads."""
+    per_rank: int  # images per rank per full step
+    steps: int
+    padded: int  # images repeated to even out the last step
+
+    @staticmethod
+    def plan(n: int, batch_size: int, world: int) -> "Shards":
+        if batch_size < world:
+            raise ExperimentFailed(f"batch_size {batch_size} is smaller than the {world} "
+                                   f"processes: each needs at least one image per step; set "
+                                   f"batch_size >= {world} (it is split across the processes)")
+        per_rank = batch_size // world
+        padded = (-n) % world
+        return Shards(per_rank, math.ceil((n + padded) / (per_rank * world)), padded)
+
+    def indices(self, perm: torch.Tensor, step: int, rank: int, world: int) -> torch.Tensor:
+        if self.padded:
+            perm = torch.cat([perm, perm[:self.padded]])
+        return perm[step * self.per_rank * world:(step + 1) * self.per_rank * world][rank::world]
+
+
 class Trainer:
     """Trains `net` on in-memory splits; `on_epoch(row)` records each epoch in the store."""
 
-    def __init__(self, net: nn.Module, spec: ExperimentSpec, pipe: Pipeline, device, amp_dtype,
-                 checkpoint: Path, on_epoch: Callable[[dict], None], say: Callable[[str], None]):
+    def __init__(self, net: nn.Module, spec: ExperimentSpec, pipe: Pipeline, device,
+                 numerics: Numerics, checkpoint: Path, on_epoch: Callable[[dict], None],
+                 say: Callable[[str], None], eval_numerics: Numerics | None = None):
         self.net, self.spec, self.pipe, self.device = net, spec, pipe, device
-        self.amp = lambda: autocast(device, amp_dtype)
+        self.numerics, self.eval_numerics = numerics, eval_numerics or numerics
+        self.amp = lambda: numerics.autocast(device)
+        self.eval_amp = lambda: self.eval_numerics.autocast(device)
+        self.scaler = hardware.grad_scaler(device, numerics)
         self.checkpoint, self.on_epoch, self.say = checkpoint, on_epoch, say
         self.model = dist.wrap(net, device)
         self.phase = 0 if spec.regime == "gradual" else 1
@@ -162,6 +186,8 @@ class Trainer:
             self.model = dist.wrap(self.net, self.device)
         self.net.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"])
         self.history = list(ck.get("history", []))
         for row in self.history:  # the store may lack the last row (killed between the two writes)
@@ -171,18 +197,19 @@ class Trainer:
 
     def fit(self, x: dict, y: dict) -> FitResult:
         spec = self.spec
-        n = len(x["train"])
         world, rank = dist.world(), dist.rank()
-        per_rank = spec.batch_size // world if world > 1 else spec.batch_size
-        steps = math.ceil(n / (per_rank * world))
-        total = steps * spec.epochs
+        shards = Shards.plan(len(x["train"]), spec.batch_size, world)
+        if shards.padded:
+            self.say(f"  {world} processes: each epoch's last step is padded with "
+                     f"{shards.padded} repeated image(s) so every process takes {shards.steps} steps")
+        total = shards.steps * spec.epochs
         start, track = self._resume()
         history = []
         for epoch in range(start, spec.epochs):
             self._maybe_unfreeze(epoch)
             t0 = time.perf_counter()
-            loss_sum, correct, seen = self._train_epoch(x["train"], y["train"], epoch, steps,
-                                                        total, per_rank, world, rank)
+            loss_sum, correct, seen = self._train_epoch(x["train"], y["train"], epoch, shards,
+                                                        total, world, rank)
             seconds = time.perf_counter() - t0
             row = {"epoch": epoch + 1, "phase": "head" if self.phase == 0 else "all",
                    "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
@@ -191,7 +218,7 @@ class Trainer:
             if len(y["val"]):
                 ev = evaluate(self.net, self.pipe, x["val"], y["val"],
                               eval_batch(spec.batch_size, self.device),
-                              self.amp, tta=False)
+                              self.eval_amp, tta=False)
                 row.update(val_acc=ev.acc, val_loss=ev.loss)
                 if ev.acc > track["best_val"]:
                     track.update(best_val=ev.acc, best_epoch=epoch + 1,
@@ -210,19 +237,18 @@ class Trainer:
         return FitResult(track["best_epoch"], best_val, track["best_state"], track["seconds"],
                          history)
 
-    def _train_epoch(self, xtr, ytr, epoch, steps, total, per_rank, world, rank):
+    def _train_epoch(self, xtr, ytr, epoch, shards: Shards, total, world, rank):
         spec, net = self.spec, self.net
         gen = torch.Generator().manual_seed(spec.seed * 100003 + epoch)
         perm = torch.randperm(len(xtr), generator=gen)
         regimes.set_train_mode(net)
         loss_sum, correct, seen = 0.0, 0, 0
+        steps = shards.steps
         bar = progress(steps, f"epoch {epoch + 1}/{spec.epochs}") if rank == 0 else None
         for i in range(steps):
             if bar is not None:
                 bar.update(1)
-            idx = perm[i * per_rank * world:(i + 1) * per_rank * world][rank::world]
-            if len(idx) == 0:
-                continue
+            idx = shards.indices(perm, i, rank, world)
             factor = lr_factor(spec, epoch * steps + i, total, steps) * self._phase_scale()
             for g in self.opt.param_groups:
                 g["lr"] = spec.optimizer.lr * factor * g["lr_scale"]
@@ -236,8 +262,13 @@ class Trainer:
                                        f"{i + 1}: lower optimizer.lr (now {spec.optimizer.lr}) or "
                                        "use precision = \"fp32\"")
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            if self.scaler is None:
+                loss.backward()
+                self.opt.step()
+            else:  # fp16: scaled loss; steps whose gradients overflow are skipped
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.opt)
+                self.scaler.update()
             loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
@@ -248,6 +279,8 @@ class Trainer:
     def _save(self, epoch: int, track: dict) -> None:
         atomic_save({"epoch": epoch, "phase": self.phase, "model": self.net.state_dict(),
                      "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
+                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                     "numerics": {"train": self.numerics.name, "eval": self.eval_numerics.name},
                      "track": track, "history": self.history}, self.checkpoint)
 
 

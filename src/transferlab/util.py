@@ -50,38 +50,12 @@ def safe_load(path: Path, map_location="cpu"):
         raise UserError(f"{path} is damaged or truncated ({e}); delete it and run again") from None
 
 
-@lru_cache(maxsize=None)
-def cpu_has_fast_bf16() -> bool:
-    """bf16 autocast only pays off on CPUs with native bf16 units (AMX or AVX512-BF16).
-
-    Measured on an AVX2-only AMD EPYC: bf16 autocast ran EfficientNet-Lite0 ~10x slower than fp32.
-    """
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
 def pick_device(prefer: str = "auto") -> torch.device:
     if prefer != "auto":
         return torch.device(prefer)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 def seed_everything(seed: int) -> None:

@@ -1,0 +1,258 @@
+"""How a model runs on the machine at hand: precision and CPU fast paths, chosen by measurement.
+
+Machines differ more than flags suggest. On an AVX2-only EPYC bf16 autocast runs ~18x slower
+than fp32; on a Zen 4 EPYC with avx512_bf16 it infers 2.4x faster but trains 2x slower, and
+the direct depthwise kernel that gains 1.5x on the first gains nothing on the second. So on a
+CPU, `precision = "auto"` times a few steps of the actual model, at the actual resolution and
+batch, in each candidate way of running it, separately for training, feature extraction and
+evaluation, and keeps the fastest. Decisions are cached per CPU model, torch version, thread
+count, model, resolution, batch and kind, so a study measures each case once per machine.
+
+On CUDA the choice follows the hardware: bf16 where the GPU has it natively (compute
+capability 8.0 and newer), otherwise fp16 with dynamic loss scaling (a T4 emulates bf16).
+
+An explicit "fp32", "bf16" or "fp16" fixes the number format; fp32's fast paths (the frozen
+trace, the depthwise kernel) compute the same numbers by another route, so they are still
+measured. The experiment id holds the setting as written; the store records what ran.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import kernels
+from .util import cpu_name
+
+KINDS = ("train", "extract", "eval")
+
+
+@dataclass(frozen=True)
+class Numerics:
+    """One way of running a model: number format, fast path, loss scaling."""
+    name: str
+    dtype: torch.dtype | None  # the autocast dtype; None = plain fp32
+    fast_path: bool = False  # fp32 only: depthwise kernel (train) or frozen trace (extract)
+    scaler: bool = False  # fp16 training: dynamic loss scaling
+
+    def autocast(self, device: torch.device):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+FP32 = Numerics("fp32", None)
+BF16 = Numerics("bf16 autocast", torch.bfloat16)
+FP16 = Numerics("fp16 autocast", torch.float16)
+FP16_SCALED = Numerics("fp16 autocast + loss scaling", torch.float16, scaler=True)
+FAST = {"train": Numerics("fp32 + depthwise kernel", None, fast_path=True),
+        "extract": Numerics("fp32 + frozen trace", None, fast_path=True)}
+_BY_NAME = {n.name: n for n in (FP32, BF16, FP16, FP16_SCALED, *FAST.values())}
+
+
+def by_name(name: str) -> Numerics:
+    return _BY_NAME[name]
+
+
+@dataclass
+class Choice:
+    """The way chosen for one kind of work, and why (for the log and the store)."""
+    kind: str
+    numerics: Numerics
+    how: str  # "measured", "cached measurement", "only candidate", "CUDA: ..."
+    img_per_s: dict[str, float] = field(default_factory=dict)
+
+    def line(self) -> str:
+        speeds = ", ".join(f"{k} {v:.0f} img/s" for k, v in
+                           sorted(self.img_per_s.items(), key=lambda kv: -kv[1]))
+        return (f"{self.kind:<8}-> {self.numerics.name} ({self.how}"
+                + (f": {speeds}" if speeds else "") + ")")
+
+    def record(self) -> dict:
+        return {"numerics": self.numerics.name, "how": self.how,
+                "img_per_s": {k: round(v, 1) for k, v in self.img_per_s.items()}}
+
+
+# ------------------------------------------------------------------ what the hardware has
+
+@lru_cache(maxsize=None)
+def native_bf16_cpu() -> bool:
+    """AMX or AVX512-BF16: the CPUs on which bf16 can be faster at all. Elsewhere bf16 is
+    emulated (~18x slower than fp32 on an AVX2 EPYC) and not worth timing."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def native_bf16_cuda(device: torch.device) -> bool:
+    """torch.cuda.is_bf16_supported() also counts emulated bf16 (T4, V100); Ampere+ has it."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def cuda_candidates(precision: str, kind: str, native_bf16: bool) -> list[Numerics]:
+    fp16 = FP16_SCALED if kind == "train" else FP16
+    if precision == "fp32":
+        return [FP32]
+    if precision == "bf16":
+        return [BF16]
+    if precision == "fp16":
+        return [fp16]
+    return [BF16] if native_bf16 else [fp16]
+
+
+def cpu_candidates(precision: str, kind: str, native_bf16: bool) -> list[Numerics]:
+    if precision == "bf16":
+        return [BF16]
+    if precision == "fp16":  # slow on CPUs; here to run fp16 code paths without a GPU
+        return [FP16_SCALED if kind == "train" else FP16]
+    fp32 = [FP32] + ([FAST[kind]] if kind in FAST else [])
+    return fp32 + ([BF16] if precision == "auto" and native_bf16 else [])
+
+
+# ------------------------------------------------------------------ measuring
+
+def _time(step: Callable[[], None], batch: int, steps: int, give_up_after: float) -> float:
+    """Images/s of the fastest of `steps` timed calls after one warm-up call; a candidate
+    whose warm-up already takes `give_up_after` seconds is clearly losing and timed once."""
+    t0 = time.perf_counter()
+    step()
+    warm = time.perf_counter() - t0
+    if warm > give_up_after:
+        return batch / warm
+    best = float("inf")
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+def _train_step(net: nn.Module, numerics: Numerics, x: torch.Tensor, y: torch.Tensor):
+    device = x.device
+    scaler = torch.amp.GradScaler(device.type) if numerics.scaler else None
+
+    def step():
+        with numerics.autocast(device):
+            loss = F.cross_entropy(net(x).float(), y)
+        (scaler.scale(loss) if scaler else loss).backward()
+        for p in net.parameters():
+            p.grad = None
+    return step
+
+
+def _infer_step(module: nn.Module, numerics: Numerics, x: torch.Tensor):
+    if numerics.fast_path:
+        with torch.inference_mode():
+            traced, _ = kernels.frozen_for_inference(module, x, module(x).float())
+        if traced is None:
+            return None  # cannot be traced: not a candidate for this model
+
+        def step():
+            with torch.inference_mode():
+                traced(x)
+        return step
+
+    def step():
+        with torch.inference_mode(), numerics.autocast(x.device):
+            module(x)
+    return step
+
+
+def measure(module: nn.Module, kind: str, cands: list[Numerics], batch: int, resolution: int,
+            channels_last: bool, steps: int = 3) -> dict[str, float]:
+    """Images/s of each candidate on a copy of `module` (the real one is left untouched:
+    weights, BatchNorm statistics, the global RNG)."""
+    device = next(module.parameters()).device
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    speeds: dict[str, float] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, resolution, resolution, device=device).contiguous(memory_format=fmt)
+        y = torch.zeros(batch, dtype=torch.long, device=device)
+        for c in cands:
+            m = copy.deepcopy(module)
+            if kind == "train":
+                if c.fast_path and kernels.use_fast_depthwise(m) == 0:
+                    continue  # nothing to switch: not a candidate for this model
+                m.train()
+                step = _train_step(m, c, x, y)
+            else:
+                m.eval()
+                step = _infer_step(m, c, x)
+                if step is None:
+                    continue
+            best = max(speeds.values(), default=0.0)
+            speeds[c.name] = _time(step, batch, steps, give_up_after=3 * batch / best if best
+                                   else float("inf"))
+            del m
+    return speeds
+
+
+# ------------------------------------------------------------------ deciding
+
+def cache_path() -> Path:
+    root = os.environ.get("TRANSFERLAB_DATA") or Path.home() / ".cache" / "transferlab"
+    return Path(root) / "numerics.json"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, key: str, entry: dict) -> None:
+    """Read-modify-replace; two runners racing lose at most one entry (measured again later)."""
+    data = _read_cache(path)
+    data[key] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def decide(precision: str, device: torch.device, kind: str, module: nn.Module, model_key: str,
+           batch: int, resolution: int, channels_last: bool) -> Choice:
+    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`."""
+    if device.type == "cuda":
+        c = cuda_candidates(precision, kind, native_bf16_cuda(device))[0]
+        why = ("CUDA, native bf16" if c is BF16 and native_bf16_cuda(device) else
+               "CUDA, bf16 as configured (emulated on this GPU: slow)" if c is BF16 else
+               "CUDA without native bf16: fp16" if c.dtype == torch.float16 else "as configured")
+        return Choice(kind, c, why)
+    cands = cpu_candidates(precision, kind, native_bf16_cpu())
+    if len(cands) == 1:
+        return Choice(kind, cands[0], "as configured")
+    key = json.dumps({"cpu": cpu_name(), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), "model": model_key, "kind": kind,
+                      "resolution": resolution, "batch": batch, "channels_last": channels_last,
+                      "candidates": [c.name for c in cands]}, sort_keys=True)
+    path = cache_path()
+    hit = _read_cache(path).get(key)
+    if hit and hit.get("choice") in _BY_NAME:
+        return Choice(kind, by_name(hit["choice"]), f"measured {hit.get('when', 'earlier')}, cached",
+                      hit.get("img_per_s", {}))
+    speeds = measure(module, kind, cands, batch, resolution, channels_last)
+    best = max(speeds, key=speeds.get) if speeds else FP32.name
+    _write_cache(path, key, {"choice": best, "img_per_s": speeds,
+                             "when": datetime.datetime.now().strftime("%Y-%m-%d %H:%M")})
+    return Choice(kind, by_name(best), "measured now", speeds)
+
+
+def grad_scaler(device: torch.device, numerics: Numerics) -> torch.amp.GradScaler | None:
+    """Dynamic loss scaling for fp16 training (its state goes into every checkpoint)."""
+    return torch.amp.GradScaler(device.type) if numerics.scaler else None
