@@ -214,8 +214,10 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
 
     # the same experiment, never interrupted, in a fresh folder
     ref = tmp_path / "ref"
-    ref.mkdir()
+    (ref / "data").mkdir(parents=True)
     shutil.copy(cfg, ref / "kill.toml")
+    # the same machine: the same measured numerics (precision "auto" is timed once per machine)
+    shutil.copy(tmp_path / "data" / "numerics.json", ref / "data" / "numerics.json")
     plain = run_cli(ref, "run", "kill.toml", "--only", "k-1")
     assert plain.returncode == 0, plain.stdout + plain.stderr
     ref_db = ref / "runs" / "transferlab.db"
@@ -273,6 +275,8 @@ def test_interrupted_gradual_run_with_dropout_resumes_bitwise(tmp_path, monkeypa
     rc, out, err = main_in(runs["interrupted"], monkeypatch, capsys, "run", "g.toml")
     assert rc == 0, out + err
     assert f"resuming from checkpoint after epoch {stop_after}" in out
+    (runs["plain"] / "data").mkdir(exist_ok=True)  # the same machine: the same measured numerics
+    shutil.copy(runs["interrupted"] / "data" / "numerics.json", runs["plain"] / "data")
     rc, out, err = main_in(runs["plain"], monkeypatch, capsys, "run", "g.toml")
     assert rc == 0, out + err
     ref_db = runs["plain"] / "runs" / "transferlab.db"

@@ -16,8 +16,8 @@ from .config import ExperimentSpec
 from .data import Splits
 from .features import cached_features, fit_heads, fold_standardisation, probe_views
 from .hardware import Choice
-from .train import Evaluation, Trainer, describe_optimizer, evaluate_views
-from .errors import UserError
+from .train import Evaluation, Shards, Trainer, describe_optimizer, evaluate_views
+from .errors import ExperimentFailed, UserError
 from .util import atomic_save, environment, eval_batch, peak_rss_mb, safe_load, seed_everything
 
 
@@ -61,6 +61,8 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         record_epoch, record_details, say) -> dict:
     """Run one experiment; returns the result dict the store keeps."""
     t_start = time.perf_counter()
+    if not spec.uses_features:  # a batch too small for the processes fails before any work
+        Shards.plan(len(splits.y["train"]), spec.batch_size, dist.world())
     seed_everything(spec.seed)
     net = models.build(spec, splits.num_classes)
     plan = regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
@@ -103,21 +105,28 @@ def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, devi
     kinds = {"extract": net.backbone} if spec.uses_features else {"train": net, "eval": net}
     batches = {"train": spec.batch_size}
     model_key = f"{spec.model}|{spec.regime}|{spec.head.kind}"  # what the step's cost depends on
-    choices = {}
+    choices: dict | str = {}
     if dist.rank() == 0:
-        ran_with = _checkpoint_numerics(checkpoint)
-        for kind, module in kinds.items():
-            if kind in ran_with:
-                choices[kind] = Choice(kind, hardware.by_name(ran_with[kind]), "as in the checkpoint")
-            elif spec.compile and kind == "train" and device.type == "cpu" \
-                    and spec.precision in ("auto", "fp32"):
-                choices[kind] = Choice(kind, hardware.FP32, "compiled: no fast paths")
-            else:
-                choices[kind] = hardware.decide(
-                    spec.precision, device, kind, module, model_key,
-                    batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
-                    spec.channels_last)
-    return dist.broadcast(choices)
+        try:
+            ran_with = _checkpoint_numerics(checkpoint)
+            for kind, module in kinds.items():
+                if kind in ran_with:
+                    choices[kind] = Choice(kind, hardware.by_name(ran_with[kind]),
+                                           "as in the checkpoint")
+                elif spec.compile and kind == "train" and device.type == "cpu" \
+                        and spec.precision in ("auto", "fp32"):
+                    choices[kind] = Choice(kind, hardware.FP32, "compiled: no fast paths")
+                else:
+                    choices[kind] = hardware.decide(
+                        spec.precision, device, kind, module, model_key,
+                        batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
+                        spec.channels_last)
+        except Exception as e:  # noqa: BLE001  every rank must learn of it, or the others hang
+            choices = f"choosing the numerics failed: {type(e).__name__}: {e}"
+    choices = dist.broadcast(choices)
+    if isinstance(choices, str):
+        raise ExperimentFailed(choices)
+    return choices
 
 
 def _checkpoint_numerics(path: Path) -> dict[str, str]:

@@ -99,21 +99,26 @@ class Runner:
         return chosen
 
     def rerun(self, pattern: str) -> list[str]:
-        names = []
-        for e in self.study.experiments:
-            if fnmatch.fnmatch(e.name, pattern):
-                self.store.reset(e.id)
-                for f in ("checkpoint.pt", "model.pt"):
-                    (experiment_dir(self.study, e) / f).unlink(missing_ok=True)
-                names.append(e.name)
+        names = [e.name for e in self.study.experiments if fnmatch.fnmatch(e.name, pattern)]
         if not names:
             raise UserError(f"--rerun {pattern!r} matches no experiment")
+        if self.is_main:  # under torchrun the other ranks must not reset what rank 0 claims next
+            for e in self.study.experiments:
+                if e.name in names:
+                    self.store.reset(e.id)
+                    for f in ("checkpoint.pt", "model.pt"):
+                        (experiment_dir(self.study, e) / f).unlink(missing_ok=True)
+        dist.barrier()
         return names
 
     def splits(self) -> Splits:
         if self._splits is None:
             max_res = max((e.resolution for e in self.study.experiments), default=0)
+            if not self.is_main:  # rank 0 downloads and decodes once; the others read its cache
+                dist.barrier()
             self._splits = make_splits(self.study.data, self.data_root, self.skip_bad, max_res)
+            if self.is_main:
+                dist.barrier()
             say(f"data: {self._splits.description}; sizes "
                 + ", ".join(f"{k} {len(v)}" for k, v in self._splits.y.items())
                 + (f"; {len(self._splits.skipped)} unreadable images skipped"
@@ -127,7 +132,7 @@ class Runner:
             claimed = self.is_main and self.store.claim(spec.id, self.owner, retry_failed=retry_failed)
             claimed = dist.broadcast(claimed)
             if not claimed:
-                row = self.store.get(spec.id)
+                row = self.store.get(spec.id) if self.is_main else None
                 status = row["status"] if row else "?"
                 (out.busy if status == "running" else out.skipped).append(spec.name)
                 if self.is_main:

@@ -124,13 +124,15 @@ class FitResult:
 
 @dataclass(frozen=True)
 class Shards:
-    """How one epoch splits over the ranks: every rank takes the same number of steps and the
+    """How one epoch splits over the ranks: every rank takes the same number of steps with the
     same number of images in each (DDP all-reduces in backward: a rank that skipped a step
-    would leave the others waiting forever). An uneven tail is padded with images repeated
-    from the start of the epoch's permutation, as torch's DistributedSampler pads."""
-    per_rank: int  # images per rank per full step
+    would leave the others waiting forever). Under DDP the last step is padded to a full batch
+    with images repeated from the start of the epoch's permutation, as torch's
+    DistributedSampler pads (a tail of one image per rank would also break BatchNorm).
+    A single process keeps its short last batch: nothing to pad."""
+    per_rank: int  # images per rank per step
     steps: int
-    padded: int  # images repeated to even out the last step
+    padded: int  # images repeated to fill the last step
 
     @staticmethod
     def plan(n: int, batch_size: int, world: int) -> "Shards":
@@ -139,7 +141,7 @@ class Shards:
                                    f"processes: each needs at least one image per step; set "
                                    f"batch_size >= {world} (it is split across the processes)")
         per_rank = batch_size // world
-        padded = (-n) % world
+        padded = (-n) % (per_rank * world) if world > 1 else 0
         return Shards(per_rank, math.ceil((n + padded) / (per_rank * world)), padded)
 
     def indices(self, perm: torch.Tensor, step: int, rank: int, world: int) -> torch.Tensor:
