@@ -405,8 +405,7 @@ class Store:
             return
         cur = self._x("UPDATE experiments SET heartbeat=? WHERE id=? AND token=? AND "
                       "status='running'", (time.time(), exp_id, token))
-        if cur.rowcount != 1:
-            self.tokens.pop(exp_id, None)
+        if cur.rowcount != 1:  # the token stays: every later write for it is refused too
             row = self.get(exp_id)
             now = "gone from the store" if row is None else \
                 f"now {row['status']}" + (f", held by {row['owner']}" if row["owner"] else "")
@@ -556,9 +555,9 @@ def _unit(store: Store, exp_id: str) -> dict | None:
 
 def _portable(unit: dict) -> dict:
     """A claim belongs to the store it was taken in: a running experiment travels as pending."""
-    exp = {**unit["experiment"], **_CLAIM}
+    exp = dict(unit["experiment"])
     if exp["status"] == "running":
-        exp.update(status="pending", reason="copied while running; rerun to resume")
+        exp.update(_CLAIM, status="pending", reason="copied while running; rerun to resume")
     return {**unit, "experiment": exp}
 
 
