@@ -174,10 +174,10 @@ class _Sqlite:
 
     def __init__(self, path, create: bool, mounts: Path):
         self.path = Path(path)
+        refuse_network_filesystem(self.path, mounts)
         if not self.path.exists() and not create:
             raise UserError(f"no store at {self.path}; run a study first (transferlab run CONFIG)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        refuse_network_filesystem(self.path, mounts)
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                                   check_same_thread=False)
         self.db.row_factory = sqlite3.Row
