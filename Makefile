@@ -23,6 +23,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
 	  echo "note: Graphviz 'dot' is missing: the notebook draws no network graph (apt-get install graphviz)"; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || \
+	  echo "note: PostgreSQL is missing: the tests of the PostgreSQL store will fail (apt-get install postgresql)"; }
 	touch $@
 
 venv: $(VENV)/.installed

@@ -6,20 +6,16 @@ parametrized over both backends check that SQLite and PostgreSQL behave alike.
 """
 from __future__ import annotations
 
-import json
-import os
 import re
 import shutil
 import signal
-import sqlite3
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from pg_server import PgServer, PgServerError
-from test_reliability import env_for, grid, main_in, popen, quick_config, run_cli
+from test_reliability import grid, main_in, popen, quick_config, run_cli
 from transferlab import cli
 from transferlab.errors import ClaimLost
 from transferlab.store import COLUMNS, Store
