@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from pg_server import PgServer, PgServerError
+from pg_server import PgServer, PgServerError, free_port
 from test_reliability import grid, main_in, popen, quick_config, run_cli
 from transferlab import cli
 from transferlab.errors import ClaimLost
@@ -192,51 +192,70 @@ def _status(url: str, name: str) -> str | None:
         return None
 
 
+KILL = """
+[[experiment]]
+name = "long"
+epochs = 6
+
+[[experiment]]
+name = "short"
+"""
+
+
 def test_postgres_kill9_survivor_takes_over_after_the_lease_bit_identical(tmp_path, pg_url,
                                                                            monkeypatch):
+    """The victim holds `long`; the survivor runs `short`, then waits. kill -9 of the victim
+    mid-epoch: the survivor takes `long` over once the victim's heartbeat is older than the
+    lease (not before), resumes from the shared checkpoint, and ends bit-identical."""
     lease = 4.0
     monkeypatch.setenv("TRANSFERLAB_LEASE_SECONDS", str(lease))
-    cfg = quick_config(tmp_path / "k.toml", name="kill", epochs=6, body=grid("k", [0, 1]))
+    cfg = quick_config(tmp_path / "k.toml", name="kill", data="synthetic:96", epochs=1, body=KILL)
     shared = tmp_path / "shared"
     args = ("run", cfg, "--store", pg_url, "--runs-dir", shared)
     victim = popen(tmp_path, *args, out=tmp_path / "victim.log")
-    deadline = time.time() + 120
-    while _status(pg_url, "k-0") != "running":
-        assert victim.poll() is None, (tmp_path / "victim.log").read_text()
-        assert time.time() < deadline, "k-0 was never claimed"
+    logs = lambda: (tmp_path / "victim.log").read_text() + "\n---\n" + (  # noqa: E731
+        (tmp_path / "survivor.log").read_text() if (tmp_path / "survivor.log").exists() else "")
+    deadline = time.time() + 150
+    while _status(pg_url, "long") != "running":
+        assert victim.poll() is None and time.time() < deadline, logs()
         time.sleep(0.05)
     survivor = popen(tmp_path, *args, "--wait", out=tmp_path / "survivor.log")
-    while _max_epoch(pg_url, "k-0") < 1:
-        assert victim.poll() is None, (tmp_path / "victim.log").read_text()
-        assert time.time() < deadline, "k-0 never reached epoch 1"
+    while "waiting for 1 experiment" not in (tmp_path / "survivor.log").read_text() \
+            or _max_epoch(pg_url, "long") < 1:
+        assert victim.poll() is None and survivor.poll() is None, logs()
+        assert time.time() < deadline, "the survivor never got to wait for `long`\n" + logs()
         time.sleep(0.02)
     victim.send_signal(signal.SIGKILL)
     killed_at = time.time()
     assert victim.wait() == -signal.SIGKILL
-    assert _status(pg_url, "k-0") == "running", "k-0 finished before the kill: make it longer"
-    assert survivor.wait(timeout=240) == 0, (tmp_path / "survivor.log").read_text()
+    assert _status(pg_url, "long") == "running", "`long` finished before the kill: make it longer"
+    while by_name(pg_url)["long"]["attempts"] < 2:  # the survivor takes it over...
+        assert survivor.poll() is None, logs()
+        assert time.time() < killed_at + 120, "the survivor never took `long` over\n" + logs()
+        time.sleep(0.05)
+    # ...only once the dead runner's heartbeat (refreshed every lease/6) is older than the lease
+    assert time.time() - killed_at >= lease - lease / 6 - 0.1
+    assert survivor.wait(timeout=240) == 0, logs()
     log = (tmp_path / "survivor.log").read_text()
     assert "resuming from checkpoint after epoch" in log, log
     exps = by_name(pg_url)
-    assert exps["k-0"]["status"] == "done" and exps["k-0"]["attempts"] == 2
-    assert exps["k-1"]["status"] == "done" and exps["k-1"]["attempts"] == 1
-    # the takeover waited for the lease (a claim is not stolen while its heartbeat is fresh)
-    assert exps["k-0"]["updated"] - killed_at >= lease - 1.0
+    assert exps["long"]["status"] == "done" and exps["long"]["attempts"] == 2
+    assert exps["short"]["status"] == "done" and exps["short"]["attempts"] == 1
 
     ref = tmp_path / "ref"
     ref.mkdir()
     shutil.copy(cfg, ref / "k.toml")
-    plain = run_cli(ref, "run", "k.toml", "--only", "k-0")
+    plain = run_cli(ref, "run", "k.toml", "--only", "long")
     assert plain.returncode == 0, plain.stdout + plain.stderr
     ref_db = str(ref / "runs" / "transferlab.db")
-    kid = exps["k-0"]["id"]
+    kid = exps["long"]["id"]
     cols = "val_acc, test_acc, test_acc_no_tta, confusion, best_epoch"
     got = rows(pg_url, f"SELECT {cols} FROM results WHERE exp_id = ?", kid)
     assert got and got == rows(ref_db, f"SELECT {cols} FROM results WHERE exp_id = ?", kid)
     ep = "SELECT epoch, train_loss, train_acc, val_acc, val_loss, lr FROM epochs WHERE exp_id = ? " \
          "ORDER BY epoch"
     assert rows(pg_url, ep, kid) == rows(ref_db, ep, kid) and len(rows(pg_url, ep, kid)) == 6
-    load = lambda d: torch.load(next((d / "kill").glob("k-0-*")) / "model.pt",  # noqa: E731
+    load = lambda d: torch.load(next((d / "kill").glob("long-*")) / "model.pt",  # noqa: E731
                                 map_location="cpu", weights_only=True)
     a, b = load(shared), load(ref / "runs")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -310,7 +329,7 @@ def test_store_copy_postgres_running_claim_travels_as_pending(tmp_path, pg_url):
 def test_postgres_store_unreachable_or_foreign_is_a_clear_error(tmp_path, pg_url, pg_server,
                                                                 monkeypatch, capsys):
     quick_config(tmp_path / "s.toml")
-    dead = f"postgresql://postgres:secret@127.0.0.1:{pg_server.port + 1 if pg_server.port < 65535 else 1}/x"
+    dead = f"postgresql://postgres:secret@127.0.0.1:{free_port()}/x"  # nobody listens there
     rc, out, err = main_in(tmp_path, monkeypatch, capsys, "status", "--store", dead)
     assert rc == 2 and "cannot connect to the PostgreSQL store" in err and "secret" not in err
     rc, out, err = main_in(tmp_path, monkeypatch, capsys, "status", "--store", pg_url)
