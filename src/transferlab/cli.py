@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data source: cifar10 | imagefolder:PATH | synthetic[:N]")
     p.add_argument("--subset", type=int, help="train images per class (and a proportional test share)")
     p.add_argument("--epochs", type=int, help="epochs for every experiment")
-    p.add_argument("--store", type=Path, help="SQLite store (default: the config's, runs/transferlab.db)")
+    p.add_argument("--store", help="SQLite file or postgresql://user@host:port/db (default: "
+                   "$TRANSFERLAB_STORE, else the config's, else runs/transferlab.db)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would run, with a rough time")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--runs-dir", type=Path, help="checkpoints, models and feature caches (default: "
+                   "the config's runs_dir; with a SQLite --store, beside it)")
+    p.add_argument("--wait", action="store_true", help="after this runner's own work, wait for "
+                   "experiments other runners hold and take over any whose runner died")
     for name, text in (("status", "a table of the study"), ("report", "results and the best model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
@@ -48,6 +54,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path)
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--timeout", type=int, default=0, help="seconds per cell (0 = none)")
+    p = sub.add_parser("store", help="manage stores").add_subparsers(dest="store_cmd", required=True)
+    p = p.add_parser("copy", help="copy a study's records between stores (SQLite file <-> "
+                     "postgresql:// URL, either way)")
+    p.add_argument("src", help="the store to read (a SQLite file or a postgresql:// URL)")
+    p.add_argument("dst", help="the store to write (created if missing)")
+    p.add_argument("--study", help="copy only this study (default: every study and experiment)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace records the destination holds differently")
     return ap
 
 
@@ -58,6 +72,8 @@ def _load(args):
                        fingerprint=fingerprint)
     if args.store:
         study.use_store(args.store)
+    if getattr(args, "runs_dir", None):
+        study.runs_dir = args.runs_dir.resolve()
     return study
 
 
@@ -83,9 +99,9 @@ def cmd_run(args) -> int:
         from .estimate import dry_run
         print(dry_run(runner, runner.select(args.only)))
         return 0
-    say(f"study {study.name}: {len(study.experiments)} experiments, store {study.store}, "
+    say(f"study {study.name}: {len(study.experiments)} experiments, store {runner.store.path}, "
         f"device {runner.device}")
-    out = runner.run(only=args.only, retry_failed=args.retry_failed)
+    out = runner.run(only=args.only, retry_failed=args.retry_failed, wait=args.wait)
     say(f"\ndone: {len(out.ran)} ran, {len(out.skipped)} already finished or skipped, "
         f"{len(out.busy)} held by other runners, {len(out.failed)} failed")
     for name, reason in out.failed:
@@ -103,7 +119,7 @@ def _members(args):
         store = Store(study.store, create=False)
         return store, [(e.name, e.id) for e in study.experiments], \
             [x.__dict__ for x in study.externals], study.name
-    store = Store(args.store or DEFAULT_STORE, create=False)
+    store = Store(args.store or os.environ.get("TRANSFERLAB_STORE") or DEFAULT_STORE, create=False)
     st = store.study()
     if st is None:
         raise UserError(f"{store.path} holds no study yet; run one: transferlab run CONFIG")
@@ -187,8 +203,22 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def cmd_store(args) -> int:
+    from .store import Store, copy_study
+    src = Store(args.src, create=False)
+    dst = Store(args.dst)
+    try:
+        n = copy_study(src, dst, study=args.study, overwrite=args.overwrite)
+    finally:
+        src.close()
+        dst.close()
+    print(f"copied {n['experiments']} experiments and {n['studies']} studies from {src.path} to "
+          f"{dst.path} ({n['unchanged']} already there, {n['replaced']} replaced)")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "show": cmd_show,
-            "models": cmd_models, "notebook": cmd_notebook}
+            "models": cmd_models, "notebook": cmd_notebook, "store": cmd_store}
 
 
 def main(argv: list[str] | None = None) -> int:

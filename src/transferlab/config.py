@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .store import is_server_url
+
+STORE_ENV = "TRANSFERLAB_STORE"  # replaces [study] store (e.g. a postgresql:// URL on a cluster)
 
 REGIMES = ("linear", "last:K", "full", "scratch", "gradual")
 SCHEDULES = ("cosine", "onecycle", "constant")
@@ -127,11 +131,15 @@ class Study:
     data: DataSpec
     experiments: list[ExperimentSpec]
     externals: list[ExternalResult]
-    store: Path
+    store: Path | str  # a SQLite file, or a postgresql:// URL
     runs_dir: Path
 
     def use_store(self, path: str | Path) -> None:
-        """Another store; checkpoints and feature caches move beside it."""
+        """Another store; for a SQLite file, checkpoints and feature caches move beside it (a
+        server store leaves runs_dir as the config or --runs-dir sets it)."""
+        if is_server_url(str(path)):
+            self.store = str(path)
+            return
         self.store = Path(path)
         self.runs_dir = self.store.resolve().parent
 
@@ -374,7 +382,9 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
     externals = [_parse_external(ctx, i, t) for i, t in enumerate(raw.get("external", []))]
     base_dir = base_dir or Path.cwd()
     runs_dir = base_dir / st.get("runs_dir", "runs")
-    store = base_dir / st.get("store", str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
+    where = os.environ.get(STORE_ENV) or st.get("store")
+    store = where if is_server_url(where) else \
+        base_dir / (where or str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
     return Study(name, Path(file) if file != "<config>" else None, dspec, experiments,
                  externals, store, runs_dir)
 

@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class ExperimentFailed(Exception):
     """An experiment cannot finish (NaN loss, out of memory); the study goes on."""
+
+
+class ClaimLost(Exception):
+    """Another runner took over (or someone reset) this runner's claim on an experiment: the
+    store refuses its writes, and the runner stops that experiment without marking it failed."""

@@ -6,8 +6,6 @@ training at 224 px, scaling with pixel count), which is only a guide.
 """
 from __future__ import annotations
 
-import json
-
 INFER_224, TRAIN_224, BASELINE_TRAIN = 45.0, 15.0, 400.0
 
 
@@ -16,14 +14,10 @@ def _speed(base: float, res: int) -> float:
 
 
 def _measured(store, spec) -> float | None:
-    rows = store.db.execute(
-        "SELECT e.config, AVG(p.img_per_s) AS s FROM experiments e JOIN epochs p ON p.exp_id = e.id "
-        "WHERE e.status = 'done' GROUP BY e.id").fetchall()
-    for r in rows:
-        cfg = json.loads(r["config"])
+    for cfg, speed in store.throughputs():
         if (cfg["model"], cfg["resolution"], cfg["regime"] == "linear") == \
-                (spec.model, spec.resolution, spec.regime == "linear") and r["s"]:
-            return float(r["s"])
+                (spec.model, spec.resolution, spec.regime == "linear") and speed:
+            return float(speed)
     return None
 
 

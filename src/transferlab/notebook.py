@@ -50,6 +50,9 @@ def inject(nb, params: dict):
 
 
 def _abs(p) -> str | None:
+    from .store import is_server_url
+    if is_server_url(p):  # a postgresql:// store is no path
+        return p
     return str(Path(p).expanduser().resolve()) if p is not None else None
 
 

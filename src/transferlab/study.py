@@ -8,7 +8,9 @@ from __future__ import annotations
 import fnmatch
 import sys
 import threading
+import time
 import traceback
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +19,8 @@ import torch
 from . import dist
 from .config import ExperimentSpec, Study
 from .data import Splits, default_data_root, make_splits
-from .errors import ExperimentFailed, UserError
-from .store import LEASE_SECONDS, Store, owner_id
+from .errors import ClaimLost, ExperimentFailed, UserError
+from .store import Store, lease_seconds, owner_id
 
 
 def say(msg: str) -> None:
@@ -43,20 +45,54 @@ class Outcome:
 
 
 class Heartbeat:
-    """Refreshes a claim from a side thread (own SQLite connection) while an experiment runs."""
+    """Keeps a claim alive from a side thread (its own store connection) from the moment it is
+    taken, so a long data decode cannot let another runner steal a live claim.
 
-    def __init__(self, store_path: Path, exp_id: str, owner: str, every: float = LEASE_SECONDS / 6):
-        self.args, self.every = (store_path, exp_id, owner), every
+    When the claim was taken over, or could not be refreshed for a whole lease (the store
+    unreachable or locked), `lost` says why and `check()` raises ClaimLost: the experiment's
+    next record stops the work instead of training on for nothing."""
+
+    def __init__(self, where, exp_id: str, owner: str, token: str, lease: float):
+        self.where, self.exp_id, self.owner, self.token = where, exp_id, owner, token
+        self.lease, self.every = lease, lease / 6
+        self.lost: str | None = None
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self):
-        store = Store(self.args[0])
+        store, last_ok, failing = None, time.monotonic(), False
         try:
             while not self.stop.wait(self.every):
-                store.heartbeat(self.args[1], self.args[2])
+                try:
+                    if store is None:
+                        store = Store(self.where)
+                        store.hold(self.exp_id, self.token)
+                    store.heartbeat(self.exp_id, self.owner)
+                    last_ok, failing = time.monotonic(), False
+                except ClaimLost as e:
+                    self.lost = str(e)
+                    return
+                except Exception as e:  # locked, connection dropped: retry on a new connection
+                    if not failing:
+                        print(f"  heartbeat failed ({type(e).__name__}: {e}); retrying",
+                              file=sys.stderr, flush=True)
+                    failing = True
+                    if store is not None:
+                        with suppress(Exception):
+                            store.close()
+                        store = None
+                    if time.monotonic() - last_ok >= self.lease:
+                        self.lost = (f"the heartbeat could not refresh the claim for "
+                                     f"{self.lease:g}s ({type(e).__name__}: {e}); another runner "
+                                     "may take the experiment over")
+                        return
         finally:
-            store.close()
+            if store is not None:
+                store.close()
+
+    def check(self) -> None:
+        if self.lost:
+            raise ClaimLost(self.lost)
 
     def __enter__(self):
         self.thread.start()
@@ -78,7 +114,8 @@ class Runner:
         self.skip_bad = skip_bad_images
         self.is_main = dist.rank() == 0
         self.store = Store(study.store)
-        self.owner = owner_id()
+        self.lease = lease_seconds()
+        self.owner = owner_id()  # unique per runner: hostname:pid:random
         self._splits: Splits | None = None
         self._register()
 
@@ -125,30 +162,57 @@ class Runner:
                    if self._splits.skipped else ""))
         return self._splits
 
-    def run(self, only: str | None = None, retry_failed: bool = False) -> Outcome:
+    def run(self, only: str | None = None, retry_failed: bool = False,
+            wait: bool = False) -> Outcome:
+        """One pass over the study; with `wait`, then keep polling the experiments other runners
+        hold, taking over any whose runner stops heartbeating, until none is held."""
         out = Outcome([], [], [], [])
         todo = self.select(only)
-        for i, spec in enumerate(todo):
-            claimed = self.is_main and self.store.claim(spec.id, self.owner, retry_failed=retry_failed)
-            claimed = dist.broadcast(claimed)
+        self._pass(list(enumerate(todo)), len(todo), out, retry_failed, quiet=False)
+        if wait and out.busy:
+            say(f"waiting for {len(out.busy)} experiment(s) held by other runners (taken over "
+                f"if their runner stops heartbeating for {self.lease:g}s)")
+        while wait and out.busy:
+            time.sleep(min(self.lease / 4, 15.0))
+            held, out.busy = out.busy, []
+            self._pass([(i, s) for i, s in enumerate(todo) if s.name in held], len(todo), out,
+                       retry_failed, quiet=True)
+        return out
+
+    def _pass(self, numbered, total: int, out: Outcome, retry_failed: bool, quiet: bool) -> None:
+        for i, spec in numbered:
+            token = self.store.claim(spec.id, self.owner, lease=self.lease,
+                                     retry_failed=retry_failed) if self.is_main else None
+            claimed = dist.broadcast(token is not None)
             if not claimed:
                 row = self.store.get(spec.id) if self.is_main else None
                 status = row["status"] if row else "?"
                 (out.busy if status == "running" else out.skipped).append(spec.name)
-                if self.is_main:
-                    say(f"[{i + 1}/{len(todo)}] {spec.name}: {status}"
+                if self.is_main and not (quiet and status == "running"):
+                    say(f"[{i + 1}/{total}] {spec.name}: {status}"
                         + (f" ({row['reason']})" if status == "failed" and row["reason"] else "")
                         + (", skipped" if status != "running" else ", held by another runner"))
                 continue
-            say(f"\n[{i + 1}/{len(todo)}] {spec.name}  (id {spec.id})")
-            reason = self._run_one(spec)
+            say(f"\n[{i + 1}/{total}] {spec.name}  (id {spec.id})")
+            try:  # the heartbeat runs from the claim on, through the data decode
+                with Heartbeat(self.study.store, spec.id, self.owner, token, self.lease) \
+                        if self.is_main else _Null() as beat:
+                    reason = self._run_one(spec, beat)
+            except ClaimLost as e:
+                say(f"  STOPPED: {e}; another runner finishes it (not marked failed)")
+                out.busy.append(spec.name)
+                continue
+            except KeyboardInterrupt:  # anywhere while claimed (decode, finish): give it back
+                if self.is_main and spec.id in self.store.tokens:
+                    with suppress(ClaimLost):
+                        self.store.set_status(spec.id, "pending", "interrupted; rerun to resume")
+                raise
             if reason is None:
                 out.ran.append(spec.name)
             else:
                 out.failed.append((spec.name, reason))
-        return out
 
-    def _run_one(self, spec: ExperimentSpec) -> str | None:
+    def _run_one(self, spec: ExperimentSpec, beat=None) -> str | None:
         from . import experiment
         exp_dir = experiment_dir(self.study, spec)
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -163,13 +227,17 @@ class Runner:
             if self.is_main:   # give the claim back (pending), then stop with the message
                 self.store.set_status(spec.id, "pending")
             raise
-        try:
-            with Heartbeat(self.study.store, spec.id, self.owner) if self.is_main else _Null():
-                result = experiment.run(
-                    spec, splits, exp_dir, feature_dir, self.device,
-                    record_epoch=(lambda row: store.add_epoch(spec.id, row)) if store else _noop,
-                    record_details=(lambda d: store.set_details(spec.id, d)) if store else _noop,
-                    say=say if self.is_main else _noop)
+        beat = beat or _Null()
+        try:  # each record first checks the claim: a lost one stops the work there
+            result = experiment.run(
+                spec, splits, exp_dir, feature_dir, self.device,
+                record_epoch=(lambda row: (beat.check(), store.add_epoch(spec.id, row))) if store
+                else _noop,
+                record_details=(lambda d: (beat.check(), store.set_details(spec.id, d))) if store
+                else _noop,
+                say=say if self.is_main else _noop)
+        except ClaimLost:
+            raise
         except (ExperimentFailed, UserError) as e:
             return self._fail(spec, str(e))
         except torch.cuda.OutOfMemoryError:
@@ -180,7 +248,8 @@ class Runner:
                               "with --retry-failed")
         except KeyboardInterrupt:
             if self.is_main:
-                self.store.set_status(spec.id, "pending", "interrupted; rerun to resume")
+                with suppress(ClaimLost):  # not ours any more: nothing to give back
+                    self.store.set_status(spec.id, "pending", "interrupted; rerun to resume")
             raise
         except Exception as e:  # a bug or an unexpected library error: record it, go on
             traceback.print_exc(file=sys.stderr)
@@ -199,6 +268,11 @@ class Runner:
 
 
 class _Null:
+    lost = None
+
+    def check(self) -> None:
+        pass
+
     def __enter__(self):
         return self
 
