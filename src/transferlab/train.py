@@ -20,7 +20,7 @@ from torch import nn
 from . import dist, hardware, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
-from .errors import ExperimentFailed
+from .errors import ClaimLost, ExperimentFailed
 from .hardware import Numerics
 from .util import atomic_save, eval_batch, progress, safe_load
 
@@ -228,10 +228,18 @@ class Trainer:
             track["seconds"] += seconds
             history.append(row)
             self.history.append(row)
+            lost = None
             if rank == 0:
                 # checkpoint first: an epoch the store shows is always one a rerun resumes after
                 self._save(epoch + 1, track)
-                self.on_epoch(row)
+                try:
+                    self.on_epoch(row)
+                except ClaimLost as e:
+                    lost = str(e)
+            if world > 1:  # every rank stops together, or the others wait in DDP forever
+                lost = dist.broadcast(lost)
+            if lost:
+                raise ClaimLost(lost)
             self.say(format_epoch(row, spec.epochs))
         if track["best_state"] is None:
             track.update(best_state=_cpu_state(self.net), best_epoch=spec.epochs)
