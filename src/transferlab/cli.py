@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say what would run, with a rough time")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="TensorBoard curves per experiment under DIR (needs transferlab[tensorboard])")
     for name, text in (("status", "a table of the study"), ("report", "results and the best model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
@@ -48,7 +50,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path)
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--timeout", type=int, default=0, help="seconds per cell (0 = none)")
+    _predict_parsers(sub)
     return ap
+
+
+def _predict_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="apply the study's model to images, folders or .tar.gz")
+    p.add_argument("items", nargs="+", metavar="[CONFIG] PATH",
+                   help="an optional study config (.toml), then images, folders or archives")
+    p.add_argument("--model", metavar="NAME", help="a finished experiment (default: the best "
+                   "on validation, as `transferlab report` chooses)")
+    p.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write every prediction as CSV")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every prediction as JSON")
+    p.add_argument("--batch", type=int, help="images per forward pass")
+    p.add_argument("--show", type=int, default=50, help="rows of the terminal table (default 50)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _add_overrides(p)
+    p = sub.add_parser("export", help="a TorchScript or ONNX file plus a model card, checked")
+    p.add_argument("name", help="the experiment to export")
+    p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("--out", type=Path, default=Path("exports"), help="folder (default exports/)")
+    p.add_argument("--data-root", type=Path, help="decode cache holding the study's test images")
+    _add_overrides(p)
 
 
 def _load(args):
@@ -76,7 +101,8 @@ def cmd_run(args) -> int:
         except UserError as err:
             raise UserError(f"{args.config}: experiment {e.name!r}: {err}") from None
     runner = Runner(study, data_root=args.data_root, device=args.device,
-                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args))
+                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args),
+                    tensorboard=args.tensorboard)
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
     if args.dry_run:
@@ -187,8 +213,39 @@ def cmd_notebook(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import command
+    from .trained import open_study
+    config = args.items[0] if args.items[0].lower().endswith(".toml") else None
+    paths = [Path(p) for p in (args.items[1:] if config else args.items)]
+    if not paths:
+        raise UserError("name the images to predict: transferlab predict [CONFIG] PATH...")
+    study = open_study(Path(config) if config else None, args.store, DEFAULT_STORE,
+                       _overrides(args))
+    return command(study, args.model, paths, device=args.device, topk=args.top,
+                   batch=args.batch, csv_path=args.csv, json_path=args.json, show=args.show)
+
+
+def cmd_export(args) -> int:
+    from .data import default_data_root
+    from .export import export
+    from .trained import load, open_study
+    study = open_study(args.config, args.store, DEFAULT_STORE, _overrides(args))
+    trained = load(study, args.name)
+    paths = export(study, trained, args.format, args.out, args.data_root or default_data_root())
+    card = json.loads(paths[1].read_text())
+    chk = card["check"]
+    print(f"{args.format} model of {trained.name}: checked on {chk['images']} test images "
+          f"through {chk['runtime']}, max |logit difference| {chk['max_abs_diff']:.2e} "
+          f"(allowed {chk['allowed']:.2e}), top-1 agrees on {chk['top1_agree']}")
+    for p in paths:
+        print(p)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "show": cmd_show,
-            "models": cmd_models, "notebook": cmd_notebook}
+            "models": cmd_models, "notebook": cmd_notebook, "predict": cmd_predict,
+            "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

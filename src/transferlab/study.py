@@ -69,7 +69,8 @@ class Heartbeat:
 
 class Runner:
     def __init__(self, study: Study, data_root: Path | None = None, device: str = "auto",
-                 skip_bad_images: bool = False, overrides: dict | None = None):
+                 skip_bad_images: bool = False, overrides: dict | None = None,
+                 tensorboard: Path | None = None):
         from .util import pick_device
         dist.init()
         self.study, self.overrides = study, overrides or {}
@@ -80,6 +81,10 @@ class Runner:
         self.store = Store(study.store)
         self.owner = owner_id()
         self._splits: Splits | None = None
+        self.tensorboard = tensorboard or study.tensorboard  # curves per experiment, if set
+        if self.tensorboard:
+            from .tboard import require
+            require()
         self._register()
 
     def _register(self) -> None:
@@ -159,10 +164,12 @@ class Runner:
                 self.store.set_status(spec.id, "pending")
             raise
         try:
-            with Heartbeat(self.study.store, spec.id, self.owner) if self.is_main else _Null():
+            with Heartbeat(self.study.store, spec.id, self.owner) if self.is_main else _Null(), \
+                    self._curves(spec) as curves:
                 result = experiment.run(
                     spec, splits, exp_dir, feature_dir, self.device,
-                    record_epoch=(lambda row: store.add_epoch(spec.id, row)) if store else _noop,
+                    record_epoch=curves.wrap((lambda row: store.add_epoch(spec.id, row))
+                                             if store else _noop),
                     record_details=(lambda d: store.set_details(spec.id, d)) if store else _noop,
                     say=say if self.is_main else _noop)
         except (ExperimentFailed, UserError) as e:
@@ -185,6 +192,12 @@ class Runner:
             self.store.finish(spec.id, result, env_record(self.device))
             ckpt.unlink(missing_ok=True)  # only now: a kill before `finish` resumes, not retrains
         return None
+
+    def _curves(self, spec: ExperimentSpec):
+        from .tboard import EpochCurves, NoCurves
+        if self.tensorboard and self.is_main:
+            return EpochCurves(self.tensorboard, self.study.name, spec)
+        return NoCurves()
 
     def _fail(self, spec: ExperimentSpec, reason: str) -> str:
         say(f"  FAILED: {reason}")
