@@ -128,7 +128,9 @@ def _torchscript(module: Exportable, sample: torch.Tensor, path: Path) -> None:
 
 
 def _run_torchscript(path: Path, x: torch.Tensor) -> np.ndarray:
-    m = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates TorchScript
+        m = torch.jit.load(str(path), map_location="cpu").eval()
     with torch.inference_mode():
         return m(x).float().numpy()
 
