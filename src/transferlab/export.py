@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -143,11 +144,16 @@ def _onnx(module: Exportable, sample: torch.Tensor, path: Path) -> None:
         raise UserError(f"ONNX export needs the 'export' extra ({e.name} is missing): "
                         "pip install 'transferlab[export]'") from None
     batch = torch.export.Dim("batch", min=1, max=65536)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, (sample[:2],), str(path), dynamo=True, external_data=False,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_shapes=({0: batch},), opset_version=OPSET, verbose=False)
+    logging.disable(logging.INFO)  # the graph optimiser logs every rewrite at INFO
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (sample[:2],), str(path), dynamo=True,
+                              external_data=False, input_names=["images"],
+                              output_names=["logits"], dynamic_shapes=({0: batch},),
+                              opset_version=OPSET, verbose=False)
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def _run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:

@@ -214,6 +214,13 @@ def command(study, name: str | None, paths: list[Path], device: str = "auto", to
     for step in trained.prep.steps():
         print(f"  {step}")
     out = predict(trained, items, dev, topk, batch)
+    written = []  # files first: a closed terminal or pipe must not lose them
+    if csv_path:
+        write_csv(out, csv_path, max(1, min(topk, len(trained.classes))))
+        written.append(csv_path)
+    if json_path:
+        write_json(out, json_path, trained)
+        written.append(json_path)
     print(format_table(out, show))
     for path, why in out.skipped:
         print(f"skipped {path}: {why}")
@@ -221,12 +228,8 @@ def command(study, name: str | None, paths: list[Path], device: str = "auto", to
     print(f"\n{len(out.predictions)} images predicted, {len(out.skipped)} skipped (undecodable)"
           + (f"; accuracy against folder names {correct / labelled:.2%} ({correct}/{labelled})"
              if labelled else ""))
-    if csv_path:
-        write_csv(out, csv_path, max(1, min(topk, len(trained.classes))))
-        print(f"wrote {csv_path}")
-    if json_path:
-        write_json(out, json_path, trained)
-        print(f"wrote {json_path}")
+    for path in written:
+        print(f"wrote {path}")
     return 0 if out.predictions else 1
 
 

@@ -90,7 +90,8 @@ class Trained:
         for kind in ("eval", "extract"):
             name = (rec.get(kind) or {}).get("numerics")
             if name:
-                return dataclasses.replace(hardware.by_name(name), fast_path=False)
+                n = hardware.by_name(name)
+                return hardware.FP32 if n.fast_path else n
         try:  # stores written before the numerics were recorded per kind
             return hardware.by_name(self.details.get("precision", "fp32"))
         except KeyError:
