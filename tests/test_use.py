@@ -308,3 +308,17 @@ def test_tensorboard_missing_package_is_a_clear_error(cli, smoke_config, monkeyp
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     code, _, err = cli("run", smoke_config, "--tensorboard", "tb")
     assert code == 2 and "pip install 'transferlab[tensorboard]'" in err
+
+
+def test_predict_number_format_follows_the_study_on_its_own_kind_of_device():
+    from transferlab import hardware
+    from transferlab.trained import Preprocess, Trained
+    details = {"device": "cuda:0", "resolution": 32, "decoded_side": 32, "tta": True,
+               "channels_last": True, "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},
+               "numerics": {"train": {"numerics": "fp16 autocast + loss scaling"},
+                            "eval": {"numerics": "bf16 autocast"}}}
+    t = Trained("m", None, details, {}, None, Preprocess.from_details(details))
+    assert t.numerics(torch.device("cuda", 0)) is hardware.BF16
+    assert t.numerics(torch.device("cpu")) is hardware.FP32  # no GPU bf16 on a laptop CPU
+    details.update(device="cpu", numerics={"extract": {"numerics": "fp32 + frozen trace"}})
+    assert t.numerics(torch.device("cpu")) is hardware.FP32  # same numbers, eager route

@@ -111,6 +111,8 @@ def cmd_run(args) -> int:
         return 0
     say(f"study {study.name}: {len(study.experiments)} experiments, store {study.store}, "
         f"device {runner.device}")
+    if runner.tensorboard:
+        say(f"TensorBoard curves under {runner.tensorboard}: tensorboard --logdir {runner.tensorboard}")
     out = runner.run(only=args.only, retry_failed=args.retry_failed)
     say(f"\ndone: {len(out.ran)} ran, {len(out.skipped)} already finished or skipped, "
         f"{len(out.busy)} held by other runners, {len(out.failed)} failed")

@@ -87,7 +87,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=_peak_memory(device))
     # per test image, in split order: what `transferlab predict` is checked against
-    result["extra"]["test_predictions"] = result.pop("test_predictions")
+    result["extra"]["test_predictions"] = result.pop("test_predictions", None)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
         details["optimizer"]["weight_decay"] = result["extra"]["chosen_wd"]
         details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)

@@ -103,7 +103,7 @@ class Predictor:
         self.trained, self.device = trained, device
         self.net = trained.load_net(device)
         self.pipe = trained.prep.pipeline(device)
-        self.numerics = trained.numerics()
+        self.numerics = trained.numerics(device)
 
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,11 +175,11 @@ def write_csv(out: Outcome, path: Path, k: int) -> None:
             w.writerow(row)
 
 
-def write_json(out: Outcome, path: Path, trained: Trained) -> None:
+def write_json(out: Outcome, path: Path, trained: Trained, device: torch.device) -> None:
     correct, labelled = out.accuracy()
     blob = {
         "model": trained.name, "classes": trained.classes, "preprocessing": trained.prep.steps(),
-        "number_format": trained.numerics().name,
+        "number_format": trained.numerics(device).name, "device": str(device),
         "predictions": [{"path": p.path, "label": p.label,
                          "top": [{"class": c, "probability": q} for c, q in p.top]}
                         for p in out.predictions],
@@ -210,7 +210,7 @@ def command(study, name: str | None, paths: list[Path], device: str = "auto", to
     r = trained.result
     print(f"model {trained.name} ({why}; validation {_pct(r.get('val_acc'))}, test "
           f"{_pct(r.get('test_acc'))}), {trained.details.get('arch')}, "
-          f"{trained.numerics().name} on {dev}")
+          f"{trained.numerics(dev).name} on {dev}")
     for step in trained.prep.steps():
         print(f"  {step}")
     out = predict(trained, items, dev, topk, batch)
@@ -219,7 +219,7 @@ def command(study, name: str | None, paths: list[Path], device: str = "auto", to
         write_csv(out, csv_path, max(1, min(topk, len(trained.classes))))
         written.append(csv_path)
     if json_path:
-        write_json(out, json_path, trained)
+        write_json(out, json_path, trained, dev)
         written.append(json_path)
     print(format_table(out, show))
     for path, why in out.skipped:

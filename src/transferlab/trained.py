@@ -83,9 +83,14 @@ class Trained:
     def classes(self) -> list[str]:
         return list(self.result.get("classes") or self.details["classes"])
 
-    def numerics(self) -> hardware.Numerics:
+    def numerics(self, device: torch.device | None = None) -> hardware.Numerics:
         """The number format the test split was scored in (fast paths compute the same
-        numbers by another route and are not needed here)."""
+        numbers by another route and are not needed here). On another kind of device than
+        the study's, plain fp32: a GPU's bf16 can run ~18x slower on a CPU without bf16 units,
+        and across devices the last bits differ whatever the format."""
+        ran_on = str(self.details.get("device", "cpu")).split(":")[0]
+        if device is not None and device.type != ran_on:
+            return hardware.FP32
         rec = self.details.get("numerics") or {}
         for kind in ("eval", "extract"):
             name = (rec.get(kind) or {}).get("numerics")
