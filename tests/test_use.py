@@ -198,6 +198,19 @@ def test_predict_resizes_new_images_like_the_decode_cache(workdir, cli):
     assert [["cats", "dogs"].index(r["prediction"]) for r in rows] == stored
 
 
+def test_missing_weights_are_a_clear_error(study, capsys, tmp_path):
+    import shutil
+    shutil.copytree(study["root"] / "runs", tmp_path / "runs")
+    shutil.copy(study["config"], tmp_path / "tiny.toml")
+    weights, = (tmp_path / "runs" / "tiny").glob("base-*/model.pt")
+    weights.unlink()
+    img = next((study["root"] / "images" / "test").rglob("*.png"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        code, _, err = _main(capsys, "predict", "tiny.toml", img, "--model", "base")
+    assert code == 2 and "the weights of 'base' are missing" in err and "--rerun base" in err
+
+
 # ------------------------------------------------------------------ export
 
 def _png_batch(paths, size):
