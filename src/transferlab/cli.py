@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    "the config's runs_dir; with a SQLite --store, beside it)")
     p.add_argument("--wait", action="store_true", help="after this runner's own work, wait for "
                    "experiments other runners hold and take over any whose runner died")
+    p.add_argument("--tensorboard", type=Path, metavar="DIR",
+                   help="TensorBoard curves per experiment under DIR (needs transferlab[tensorboard])")
     for name, text in (("status", "a table of the study"), ("report", "results and the best model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
@@ -62,7 +64,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="copy only this study (default: every study and experiment)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace records the destination holds differently")
+    _predict_parsers(sub)
     return ap
+
+
+def _predict_parsers(sub) -> None:
+    p = sub.add_parser("predict", help="apply the study's model to images, folders or .tar.gz")
+    p.add_argument("items", nargs="+", metavar="[CONFIG] PATH",
+                   help="an optional study config (.toml), then images, folders or archives")
+    p.add_argument("--model", metavar="NAME", help="a finished experiment (default: the best "
+                   "on validation, as `transferlab report` chooses)")
+    p.add_argument("--top", type=int, default=3, help="classes per image (default 3)")
+    p.add_argument("--csv", type=Path, metavar="FILE", help="write every prediction as CSV")
+    p.add_argument("--json", type=Path, metavar="FILE", help="write every prediction as JSON")
+    p.add_argument("--batch", type=int, help="images per forward pass")
+    p.add_argument("--show", type=int, default=50, help="rows of the terminal table (default 50)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _add_overrides(p)
+    p = sub.add_parser("export", help="a TorchScript or ONNX file plus a model card, checked")
+    p.add_argument("name", help="the experiment to export")
+    p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
+    p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
+    p.add_argument("--out", type=Path, default=Path("exports"), help="folder (default exports/)")
+    p.add_argument("--data-root", type=Path, help="decode cache holding the study's test images")
+    _add_overrides(p)
 
 
 def _load(args):
@@ -92,7 +117,8 @@ def cmd_run(args) -> int:
         except UserError as err:
             raise UserError(f"{args.config}: experiment {e.name!r}: {err}") from None
     runner = Runner(study, data_root=args.data_root, device=args.device,
-                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args))
+                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args),
+                    tensorboard=args.tensorboard)
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
     if args.dry_run:
@@ -101,6 +127,8 @@ def cmd_run(args) -> int:
         return 0
     say(f"study {study.name}: {len(study.experiments)} experiments, store {runner.store.path}, "
         f"device {runner.device}")
+    if runner.tensorboard:
+        say(f"TensorBoard curves under {runner.tensorboard}: tensorboard --logdir {runner.tensorboard}")
     out = runner.run(only=args.only, retry_failed=args.retry_failed, wait=args.wait)
     say(f"\ndone: {len(out.ran)} ran, {len(out.skipped)} already finished or skipped, "
         f"{len(out.busy)} held by other runners, {len(out.failed)} failed")
@@ -217,8 +245,39 @@ def cmd_store(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from .predict import command
+    from .trained import open_study
+    config = args.items[0] if args.items[0].lower().endswith(".toml") else None
+    paths = [Path(p) for p in (args.items[1:] if config else args.items)]
+    if not paths:
+        raise UserError("name the images to predict: transferlab predict [CONFIG] PATH...")
+    study = open_study(Path(config) if config else None, args.store, DEFAULT_STORE,
+                       _overrides(args))
+    return command(study, args.model, paths, device=args.device, topk=args.top,
+                   batch=args.batch, csv_path=args.csv, json_path=args.json, show=args.show)
+
+
+def cmd_export(args) -> int:
+    from .data import default_data_root
+    from .export import export
+    from .trained import load, open_study
+    study = open_study(args.config, args.store, DEFAULT_STORE, _overrides(args))
+    trained = load(study, args.name)
+    paths = export(study, trained, args.format, args.out, args.data_root or default_data_root())
+    card = json.loads(paths[1].read_text())
+    chk = card["check"]
+    print(f"{args.format} model of {trained.name}: checked on {chk['images']} test images "
+          f"through {chk['runtime']}, max |logit difference| {chk['max_abs_diff']:.2e} "
+          f"(allowed {chk['allowed']:.2e}), top-1 agrees on {chk['top1_agree']}")
+    for p in paths:
+        print(p)
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "show": cmd_show,
-            "models": cmd_models, "notebook": cmd_notebook, "store": cmd_store}
+            "models": cmd_models, "notebook": cmd_notebook, "store": cmd_store,
+            "predict": cmd_predict, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

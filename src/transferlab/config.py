@@ -133,6 +133,7 @@ class Study:
     externals: list[ExternalResult]
     store: Path | str  # a SQLite file, or a postgresql:// URL
     runs_dir: Path
+    tensorboard: Path | None = None  # TensorBoard event files per experiment go under it
 
     def use_store(self, path: str | Path) -> None:
         """Another store; for a SQLite file, checkpoints and feature caches move beside it (a
@@ -154,7 +155,7 @@ def experiment_id(spec: ExperimentSpec) -> str:
 # ---------------------------------------------------------------- strict parsing
 
 _STUDY_KEYS = {"name": str, "data": str, "subset": int, "val_fraction": float,
-               "cache_size": int, "store": str, "runs_dir": str}
+               "cache_size": int, "store": str, "runs_dir": str, "tensorboard": str}
 _CHOICES = {"regime": REGIMES, "schedule": SCHEDULES, "augment": AUGMENTS,
             "precision": PRECISIONS, "normalize": NORMALIZE, "fit": FITS, "init": INITS,
             "optimizer.name": OPTIMIZERS, "head.kind": HEADS}
@@ -386,7 +387,8 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
     store = where if is_server_url(where) else \
         base_dir / (where or str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
     return Study(name, Path(file) if file != "<config>" else None, dspec, experiments,
-                 externals, store, runs_dir)
+                 externals, store, runs_dir,
+                 tensorboard=base_dir / st["tensorboard"] if st.get("tensorboard") else None)
 
 
 def _check_unique(ctx, experiments: list[ExperimentSpec]) -> None:

@@ -41,6 +41,7 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
         "schedule": {"name": spec.schedule, "warmup_epochs": spec.warmup_epochs,
                      "layer_decay": spec.layer_decay},
         "epochs": spec.epochs, "batch_size": spec.batch_size, "resolution": resolution,
+        "decoded_side": splits.image_size,  # the uint8 cache's side: `predict` resizes new images to it
         "augment": spec.augment, "label_smoothing": spec.label_smoothing,
         "precision": precision_text(spec.precision, choices),
         "numerics": {k: c.record() for k, c in choices.items()},
@@ -87,6 +88,8 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=_peak_memory(device))
+    # per test image, in split order: what `transferlab predict` is checked against
+    result["extra"]["test_predictions"] = result.pop("test_predictions", None)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
         details["optimizer"]["weight_decay"] = result["extra"]["chosen_wd"]
         details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)
@@ -145,7 +148,8 @@ def precision_text(setting: str, choices: dict[str, Choice]) -> str:
 
 def _scores(ev: Evaluation, ev_plain: Evaluation, ncls: int) -> dict:
     return {"test_acc": ev.acc, "test_acc_no_tta": ev_plain.acc,
-            "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls)}
+            "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls),
+            "test_predictions": ev.preds.tolist()}
 
 
 def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say) -> dict:

@@ -105,7 +105,8 @@ class Heartbeat:
 
 class Runner:
     def __init__(self, study: Study, data_root: Path | None = None, device: str = "auto",
-                 skip_bad_images: bool = False, overrides: dict | None = None):
+                 skip_bad_images: bool = False, overrides: dict | None = None,
+                 tensorboard: Path | None = None):
         from .util import pick_device
         dist.init()
         self.study, self.overrides = study, overrides or {}
@@ -117,6 +118,10 @@ class Runner:
         self.lease = lease_seconds()
         self.owner = owner_id()  # unique per runner: hostname:pid:random
         self._splits: Splits | None = None
+        self.tensorboard = tensorboard or study.tensorboard  # curves per experiment, if set
+        if self.tensorboard:
+            from .tboard import require
+            require()
         self._register()
 
     def _register(self) -> None:
@@ -229,13 +234,14 @@ class Runner:
             raise
         beat = beat or _Null()
         try:  # each record first checks the claim: a lost one stops the work there
-            result = experiment.run(
-                spec, splits, exp_dir, feature_dir, self.device,
-                record_epoch=(lambda row: (beat.check(), store.add_epoch(spec.id, row))) if store
-                else _noop,
-                record_details=(lambda d: (beat.check(), store.set_details(spec.id, d))) if store
-                else _noop,
-                say=say if self.is_main else _noop)
+            with self._curves(spec) as curves:
+                result = experiment.run(
+                    spec, splits, exp_dir, feature_dir, self.device,
+                    record_epoch=curves.wrap((lambda row: (beat.check(), store.add_epoch(spec.id, row)))
+                                             if store else _noop),
+                    record_details=(lambda d: (beat.check(), store.set_details(spec.id, d)))
+                    if store else _noop,
+                    say=say if self.is_main else _noop)
         except ClaimLost:
             raise
         except (ExperimentFailed, UserError) as e:
@@ -259,6 +265,12 @@ class Runner:
             self.store.finish(spec.id, result, env_record(self.device))
             ckpt.unlink(missing_ok=True)  # only now: a kill before `finish` resumes, not retrains
         return None
+
+    def _curves(self, spec: ExperimentSpec):
+        from .tboard import EpochCurves, NoCurves
+        if self.tensorboard and self.is_main:
+            return EpochCurves(self.tensorboard, self.study.name, spec)
+        return NoCurves()
 
     def _fail(self, spec: ExperimentSpec, reason: str) -> str:
         say(f"  FAILED: {reason}")
