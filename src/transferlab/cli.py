@@ -76,13 +76,17 @@ def cmd_run(args) -> int:
         except UserError as err:
             raise UserError(f"{args.config}: experiment {e.name!r}: {err}") from None
     runner = Runner(study, data_root=args.data_root, device=args.device,
-                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args))
+                    skip_bad_images=args.skip_bad_images, overrides=_overrides(args),
+                    register=not args.dry_run)
+    if args.dry_run:  # a dry run changes nothing: no reset, no registration
+        from .estimate import dry_run
+        again = runner.matching(args.rerun) if args.rerun else []
+        if again:
+            say("would run again (a dry run forgets nothing): " + ", ".join(again))
+        print(dry_run(runner, runner.select(args.only), again=set(again)))
+        return 0
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
-    if args.dry_run:
-        from .estimate import dry_run
-        print(dry_run(runner, runner.select(args.only)))
-        return 0
     say(f"study {study.name}: {len(study.experiments)} experiments, store {study.store}, "
         f"device {runner.device}")
     out = runner.run(only=args.only, retry_failed=args.retry_failed)

@@ -69,7 +69,8 @@ class Heartbeat:
 
 class Runner:
     def __init__(self, study: Study, data_root: Path | None = None, device: str = "auto",
-                 skip_bad_images: bool = False, overrides: dict | None = None):
+                 skip_bad_images: bool = False, overrides: dict | None = None,
+                 register: bool = True):
         from .util import pick_device
         dist.init()
         self.study, self.overrides = study, overrides or {}
@@ -80,7 +81,8 @@ class Runner:
         self.store = Store(study.store)
         self.owner = owner_id()
         self._splits: Splits | None = None
-        self._register()
+        if register:
+            self._register()
 
     def _register(self) -> None:
         if not self.is_main:
@@ -98,16 +100,20 @@ class Runner:
                             f"{', '.join(e.name for e in self.study.experiments)}")
         return chosen
 
+    def matching(self, pattern: str) -> list[str]:
+        """Names that --rerun PATTERN would forget (an error if none)."""
+        names = [e.name for e in self.study.experiments if fnmatch.fnmatch(e.name, pattern)]
+        if not names:
+            raise UserError(f"--rerun {pattern!r} matches no experiment")
+        return names
+
     def rerun(self, pattern: str) -> list[str]:
-        names = []
+        names = self.matching(pattern)
         for e in self.study.experiments:
-            if fnmatch.fnmatch(e.name, pattern):
+            if e.name in names:
                 self.store.reset(e.id)
                 for f in ("checkpoint.pt", "model.pt"):
                     (experiment_dir(self.study, e) / f).unlink(missing_ok=True)
-                names.append(e.name)
-        if not names:
-            raise UserError(f"--rerun {pattern!r} matches no experiment")
         return names
 
     def splits(self) -> Splits:
