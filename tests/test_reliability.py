@@ -195,7 +195,7 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
     first = by_name(db)
     assert first["k-0"]["status"] == "done" and first["k-1"]["status"] == "running"
     k0_result = q(db, "SELECT * FROM results WHERE exp_id = ?", first["k-0"]["id"])
-    exp_dir = next((tmp_path / "runs" / "kill").glob("k-1-*"))
+    exp_dir = tmp_path / "runs" / "kill" / first["k-1"]["id"]  # files are keyed by id
     assert (exp_dir / "checkpoint.pt").exists()
 
     again = run_cli(tmp_path, "run", cfg)
@@ -227,7 +227,7 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
     losses = "SELECT epoch, train_loss, train_acc, val_acc, val_loss, lr FROM epochs WHERE exp_id = ? ORDER BY epoch"
     assert q(db, losses, kid) == q(ref_db, losses, kid)
     assert len(q(db, losses, kid)) == 5
-    a, b = _state(exp_dir / "model.pt"), _state(next((ref / "runs" / "kill").glob("k-1-*")) / "model.pt")
+    a, b = _state(exp_dir / "model.pt"), _state(ref / "runs" / "kill" / kid / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -280,8 +280,9 @@ def test_interrupted_gradual_run_with_dropout_resumes_bitwise(tmp_path, monkeypa
     assert q(db, cols) == q(ref_db, cols)
     rows = "SELECT epoch, phase, train_loss, train_acc, val_acc, val_loss, lr FROM epochs ORDER BY epoch"
     assert q(db, rows) == q(ref_db, rows) and len(q(db, rows)) == 4
-    a = _state(next((runs["interrupted"] / "runs" / "grad").glob("g-*")) / "model.pt")
-    b = _state(next((runs["plain"] / "runs" / "grad").glob("g-*")) / "model.pt")
+    gid = by_name(db)["g"]["id"]
+    a = _state(runs["interrupted"] / "runs" / "grad" / gid / "model.pt")
+    b = _state(runs["plain"] / "runs" / "grad" / gid / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -670,13 +671,12 @@ def test_study_name_cannot_escape_the_runs_directory(tmp_path, monkeypatch, caps
     rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "esc.toml")
     assert rc == 2 and "name '../../outside' is not allowed" in err
     from transferlab.config import ExperimentSpec, parse_study
-    from transferlab.errors import UserError
     from transferlab.study import experiment_dir
     study = parse_study({"study": {"name": "ok"}, "experiment": [{"model": "baseline",
                          "regime": "scratch"}]}, base_dir=tmp_path)
     sneaky = ExperimentSpec(name="../../x", model="baseline")  # built past the config checks
-    with pytest.raises(UserError, match="would escape"):
-        experiment_dir(study, sneaky)
+    root = (tmp_path / "runs" / "ok").resolve()
+    assert experiment_dir(study, sneaky) == root / sneaky.id  # the folder is the id, not the name
     prior()
 
 

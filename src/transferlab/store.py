@@ -138,6 +138,18 @@ class Store:
                        "VALUES (?, ?, ?, ?, ?)", (exp_id, name, json.dumps(config), now, now))
             db.execute("UPDATE experiments SET name=? WHERE id=?", (name, exp_id))
 
+    def adopt(self, old_id: str, new_id: str) -> bool:
+        """Move an experiment's rows from an id an older transferlab computed to its current
+        one; False when there is nothing to move or the new id exists already."""
+        with self.tx() as db:
+            if db.execute("SELECT 1 FROM experiments WHERE id=?", (new_id,)).fetchone() or \
+                    not db.execute("SELECT 1 FROM experiments WHERE id=?", (old_id,)).fetchone():
+                return False
+            db.execute("UPDATE experiments SET id=? WHERE id=?", (new_id, old_id))
+            for table in ("epochs", "results", "environment"):
+                db.execute(f"UPDATE {table} SET exp_id=? WHERE exp_id=?", (new_id, old_id))
+            return True
+
     def get(self, exp_id: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM experiments WHERE id=?", (exp_id,)).fetchone()
 

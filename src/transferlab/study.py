@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .config import ExperimentSpec, Study
+from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, default_data_root, make_splits
 from .errors import ExperimentFailed, UserError
 from .store import LEASE_SECONDS, Store, owner_id
@@ -27,11 +27,27 @@ def say(msg: str) -> None:
 
 
 def experiment_dir(study: Study, spec: ExperimentSpec) -> Path:
+    """An experiment's files (checkpoint, model), keyed by id: renaming the experiment in the
+    config keeps them. A folder left by an older transferlab is taken over (see below)."""
     root = (study.runs_dir / study.name).resolve()
-    path = (root / f"{spec.name}-{spec.id}").resolve()
-    if root not in path.parents:  # names are validated already; this is the second lock
-        raise UserError(f"experiment name {spec.name!r} would escape {root}")
+    path = root / spec.id  # hex: no name, however spelt, reaches outside the study's folder
+    if not path.exists():
+        _take_over_old_dir(root, spec, path)
     return path
+
+
+def _take_over_old_dir(root: Path, spec: ExperimentSpec, path: Path) -> None:
+    """Older versions named the folder `<name>-<id>`, with an id that hashed the data path as
+    typed: rename such a folder to the id, so an interrupted run resumes from its checkpoint."""
+    if not root.is_dir():
+        return
+    for old_id in dict.fromkeys((spec.id, legacy_experiment_id(spec))):
+        for old in sorted(root.glob(f"*-{old_id}")):
+            try:
+                old.rename(path)
+                return
+            except OSError:  # another runner took it over first, or it is not a folder
+                continue
 
 
 @dataclass
@@ -88,7 +104,11 @@ class Runner:
         if not self.is_main:
             return
         for e in self.study.experiments:
+            legacy = legacy_experiment_id(e)
+            if legacy != e.id and self.store.adopt(legacy, e.id):
+                say(f"{e.name}: its results (stored under the older id {legacy}) carried over")
             self.store.register(e.id, e.name, e.to_dict())
+            experiment_dir(self.study, e)  # takes over a folder an older version named
         self.store.save_study(self.study.name, str(self.study.path or ""), self.overrides,
                               [(e.name, e.id) for e in self.study.experiments],
                               [x.__dict__ for x in self.study.externals])
