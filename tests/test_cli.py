@@ -59,6 +59,22 @@ def test_overrides_make_new_experiments(cli, smoke_config):
     assert " pending " in [l for l in out.splitlines() if l.startswith("lite0-linear")][0]
 
 
+def test_status_names_the_overrides_that_have_results(cli, smoke_config):
+    code, out, _ = cli("run", smoke_config, "--only", "base", "--subset", "20", "--epochs", "1")
+    assert code == 0 and "done: 1 ran" in out
+    for cmd in ("status", "report"):
+        code, out, _ = cli(cmd, smoke_config)
+        assert code == 0
+        assert "2 of 2 experiments have no record with these settings (no overrides)" in out
+        hint = [l for l in out.splitlines() if "--subset 20 --epochs 1:" in l]
+        assert len(hint) == 1 and "1 done, 1 pending" in hint[0], out
+        command = hint[0].split("->")[1].split()
+        assert command == ["transferlab", cmd, str(smoke_config), "--subset", "20", "--epochs", "1"]
+    code, out, _ = cli(*command[1:])  # the command it names shows the results
+    assert " done " in [l for l in out.splitlines() if l.startswith("base ")][0]
+    assert "no record" not in out and "no overrides: " not in out
+
+
 def test_dry_run_lists_work_and_trains_nothing(cli, smoke_config, workdir):
     code, out, _ = cli("run", smoke_config, "--dry-run")
     assert code == 0 and "rough total" in out and "pending" in out

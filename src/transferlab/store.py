@@ -239,6 +239,28 @@ class Store:
                         (name, config_path, json.dumps(overrides), json.dumps(members),
                          json.dumps(externals), time.time()))
 
+    def save_study_run(self, name: str, overrides: dict, members: list) -> None:
+        """Remember every override set a study ran with (`studies` keeps only the last)."""
+        self.db.execute("CREATE TABLE IF NOT EXISTS study_runs (name TEXT NOT NULL, overrides "
+                        "TEXT NOT NULL, members TEXT NOT NULL, updated REAL NOT NULL, "
+                        "PRIMARY KEY (name, overrides))")
+        self.db.execute("INSERT OR REPLACE INTO study_runs VALUES (?, ?, ?, ?)",
+                        (name, json.dumps(overrides, sort_keys=True), json.dumps(members),
+                         time.time()))
+
+    def study_runs(self, name: str) -> list[dict]:
+        """The override sets a study ran with, newest first: {overrides, members}."""
+        try:
+            rows = self.db.execute("SELECT overrides, members FROM study_runs WHERE name=? "
+                                   "ORDER BY updated DESC", (name,)).fetchall()
+        except sqlite3.OperationalError:  # a store written before the table existed
+            rows = []
+        runs = [{"overrides": json.loads(r[0]), "members": json.loads(r[1])} for r in rows]
+        last = self.study(name)
+        if last and all(r["overrides"] != last["overrides"] for r in runs):
+            runs.insert(0, {"overrides": last["overrides"], "members": last["members"]})
+        return runs
+
     def study(self, name: str | None = None) -> dict | None:
         q = ("SELECT * FROM studies WHERE name=?", (name,)) if name else \
             ("SELECT * FROM studies ORDER BY updated DESC LIMIT 1", ())

@@ -112,6 +112,8 @@ class Runner:
         self.store.save_study(self.study.name, str(self.study.path or ""), self.overrides,
                               [(e.name, e.id) for e in self.study.experiments],
                               [x.__dict__ for x in self.study.externals])
+        self.store.save_study_run(self.study.name, self.overrides,
+                                  [(e.name, e.id) for e in self.study.experiments])
 
     def select(self, only: str | None) -> list[ExperimentSpec]:
         chosen = [e for e in self.study.experiments if not only or fnmatch.fnmatch(e.name, only)]
