@@ -322,6 +322,17 @@ def _stratified_take(y: torch.Tensor, per_class: dict[int, int], seed: int) -> t
     return torch.sort(torch.cat(picked)).values if picked else torch.empty(0, dtype=torch.long)
 
 
+def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of about `n` items, each class in proportion to its count, drawn with a
+    seeded permutation (image folders list their files class by class: a prefix is not a
+    sample)."""
+    if n >= len(y):
+        return torch.arange(len(y))
+    counts = torch.bincount(y)
+    take = {c: max(1, round(n * int(k) / len(y))) for c, k in enumerate(counts) if k}
+    return _stratified_take(y, take, seed)
+
+
 def make_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
                 max_resolution: int = 0) -> Splits:
     classes, splits, skipped = decoded(spec, root, skip_bad, max_resolution)

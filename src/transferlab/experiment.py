@@ -13,12 +13,13 @@ import torch
 from . import dist, kernels, models, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
-from .data import Splits
+from .data import Splits, stratified_sample
 from .features import cached_features, fit_heads, fold_standardisation, probe_views
 from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
-from .util import (atomic_save, environment, eval_batch, peak_rss_mb, resolve_precision,
+from .util import (PeakMemory, atomic_save, environment, eval_batch, resolve_precision,
                    seed_everything)
 
+WHITENING_SAMPLE = 5000  # training images whose patches set the baseline's whitening filters
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 
 
@@ -60,6 +61,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         record_epoch, record_details, say) -> dict:
     """Run one experiment; returns the result dict the store keeps."""
     t_start = time.perf_counter()
+    peak = PeakMemory(device)  # this experiment's own peak, not the process's so far
     seed_everything(spec.seed)
     net = models.build(spec, splits.num_classes)
     plan = regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
@@ -82,7 +84,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     else:
         result = _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
-                  peak_mem_mb=_peak_memory(device))
+                  peak_mem_mb=peak.stop())
     if spec.uses_features:  # the weight decay actually used is the one validation chose
         details["optimizer"]["weight_decay"] = result["extra"]["chosen_wd"]
         details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)
@@ -103,7 +105,8 @@ def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, sa
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
-        net.backbone.data_init(pipe.eval(splits.x["train"][:5000]).float())
+        idx = stratified_sample(splits.y["train"], WHITENING_SAMPLE, seed=spec.seed)
+        net.backbone.data_init(pipe.eval(splits.x["train"][idx]).float())
     if spec.compile:
         net.forward = torch.compile(net.forward)
     elif device.type == "cpu" and (n := kernels.use_fast_depthwise(net)):
@@ -176,12 +179,6 @@ def _probe_eval(head, feats: list, y) -> Evaluation:
     preds = logits.argmax(1)
     loss = float(torch.nn.functional.cross_entropy(logits, y))
     return Evaluation(float((preds == y).float().mean()), loss, preds, y)
-
-
-def _peak_memory(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
 
 
 def env_record(device) -> dict:
