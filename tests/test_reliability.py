@@ -528,7 +528,7 @@ def test_weights_unreachable_offline_say_where_and_how(tmp_path, prior):
     quick_config(tmp_path / "hub.toml", data="synthetic:8",
                  body='\n[[experiment]]\nname = "hub"\nmodel = "resnet18"\nregime = "linear"\n'
                       '\n[[experiment]]\nname = "after"\nseed = 5\n')
-    res = run_cli(tmp_path, "run", "hub.toml", timeout=180)
+    res = run_cli(tmp_path, "run", "hub.toml", timeout=1800)
     assert res.returncode != 0
     out = res.stdout
     assert "cannot fetch ImageNet weights for timm model 'resnet18'" in out
