@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-TIMEOUT = 1800  # a guard against a hang, not a speed test: a shared 2-core box can be 5x slower
+TIMEOUT = 1800  # a hang guard, not a speed test: a shared 2-core box can be 5x slower
 
 
 def _archive():
