@@ -16,10 +16,10 @@ from .config import ExperimentSpec
 from .data import Splits, stratified_sample
 from .features import cached_features, fit_heads, fold_standardisation, probe_views
 from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
-from .util import (PeakMemory, atomic_save, environment, eval_batch, resolve_precision,
+from .util import (atomic_save, environment, eval_batch, peak_rss_mb, resolve_precision,
                    seed_everything)
+from .util import PeakMemory
 
-WHITENING_SAMPLE = 5000  # training images whose patches set the baseline's whitening filters
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 
 
@@ -99,6 +99,9 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
 def _scores(ev: Evaluation, ev_plain: Evaluation, ncls: int) -> dict:
     return {"test_acc": ev.acc, "test_acc_no_tta": ev_plain.acc,
             "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls)}
+
+
+WHITENING_SAMPLE = 5000  # training images whose patches set the baseline's whitening filters
 
 
 def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say) -> dict:
