@@ -18,7 +18,6 @@ from .features import cached_features, fit_heads, fold_standardisation, probe_vi
 from .train import Evaluation, Trainer, autocast, describe_optimizer, evaluate_views
 from .util import (atomic_save, environment, eval_batch, peak_rss_mb, resolve_precision,
                    seed_everything)
-from .util import PeakMemory
 
 PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
 
@@ -61,6 +60,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         record_epoch, record_details, say) -> dict:
     """Run one experiment; returns the result dict the store keeps."""
     t_start = time.perf_counter()
+    from .util import PeakMemory
     peak = PeakMemory(device)  # this experiment's own peak, not the process's so far
     seed_everything(spec.seed)
     net = models.build(spec, splits.num_classes)
@@ -101,14 +101,11 @@ def _scores(ev: Evaluation, ev_plain: Evaluation, ncls: int) -> dict:
             "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls)}
 
 
-WHITENING_SAMPLE = 5000  # training images whose patches set the baseline's whitening filters
-
-
 def _train(spec, net, pipe, splits, exp_dir, device, amp_dtype, record_epoch, say) -> dict:
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
-        idx = stratified_sample(splits.y["train"], WHITENING_SAMPLE, seed=spec.seed)
+        idx = stratified_sample(splits.y["train"], 5000, seed=spec.seed)  # all classes, seeded
         net.backbone.data_init(pipe.eval(splits.x["train"][idx]).float())
     if spec.compile:
         net.forward = torch.compile(net.forward)
