@@ -21,9 +21,9 @@ def test_whitening_filters_come_from_every_class(tmp_path, monkeypatch):
     """Class-ordered training images (as an image folder lists them): 3 x 2500, each class one
     grey level. The 5,000 images that set the filters hold every class in proportion."""
     levels = (10, 120, 230)
-    x = torch.cat([torch.full((2500, 8, 8, 3), v, dtype=torch.uint8) for v in levels])
+    x = torch.cat([torch.full((2500, 16, 16, 3), v, dtype=torch.uint8) for v in levels])
     y = torch.arange(3).repeat_interleave(2500)
-    few = torch.zeros(6, 8, 8, 3, dtype=torch.uint8), torch.arange(3).repeat(2)
+    few = torch.zeros(6, 16, 16, 3, dtype=torch.uint8), torch.arange(3).repeat(2)
     splits = Splits(["a", "b", "c"], {"train": x, "val": few[0], "test": few[0]},
                     {"train": y, "val": few[1], "test": few[1]}, "grey levels")
     seen = {}
