@@ -52,17 +52,56 @@ def test_overrides_make_new_experiments(cli, smoke_config):
     cli("run", smoke_config, "--only", "base")
     code, out, _ = cli("run", smoke_config, "--only", "base", "--epochs", "1", "--subset", "20")
     assert code == 0 and "done: 1 ran" in out
-    assert "train 72, val 8, test 28" in out.replace(",", ",")  # 4 classes: 18+2 per class, 7 test
+    assert "sizes train 72, val 8, test 28" in out  # 4 classes: 18+2 per class, 7 test
     code, out, _ = cli("status", smoke_config, "--epochs", "1", "--subset", "20")
     assert " done " in [l for l in out.splitlines() if l.startswith("base ")][0]
     code, out, _ = cli("status", smoke_config)  # the 2-epoch study: base done, probe pending
     assert " pending " in [l for l in out.splitlines() if l.startswith("lite0-linear")][0]
 
 
+def test_status_names_the_overrides_that_have_results(cli, smoke_config):
+    code, out, _ = cli("run", smoke_config, "--only", "base", "--subset", "20", "--epochs", "1")
+    assert code == 0 and "done: 1 ran" in out
+    for cmd in ("status", "report"):
+        code, out, _ = cli(cmd, smoke_config)
+        assert code == 0
+        assert "2 of 2 experiments have no record with these settings (no overrides)" in out
+        hint = [l for l in out.splitlines() if "--subset 20 --epochs 1:" in l]
+        assert len(hint) == 1 and "1 done, 1 pending" in hint[0], out
+        command = hint[0].split("->")[1].split()
+        assert command == ["transferlab", cmd, str(smoke_config), "--subset", "20", "--epochs", "1"]
+    code, out, _ = cli(*command[1:])  # the command it names shows the results
+    assert " done " in [l for l in out.splitlines() if l.startswith("base ")][0]
+    assert "no record" not in out and "no overrides: " not in out
+
+
 def test_dry_run_lists_work_and_trains_nothing(cli, smoke_config, workdir):
     code, out, _ = cli("run", smoke_config, "--dry-run")
     assert code == 0 and "rough total" in out and "pending" in out
     assert _epoch_rows(workdir / "runs" / "transferlab.db") == []
+
+
+def _dump(db) -> list[str]:
+    con = sqlite3.connect(db)
+    try:
+        return list(con.iterdump())
+    finally:
+        con.close()
+
+
+def test_rerun_dry_run_changes_nothing(cli, smoke_config, workdir):
+    code, out, _ = cli("run", smoke_config, "--only", "base")
+    assert code == 0 and "done: 1 ran" in out
+    db = workdir / "runs" / "transferlab.db"
+    files = sorted(p for p in (workdir / "runs" / "smoke").rglob("*") if p.is_file())
+    assert any(p.name == "model.pt" for p in files)
+    before, stamps = _dump(db), {p: p.stat().st_mtime_ns for p in files}
+    code, out, _ = cli("run", smoke_config, "--rerun", "base", "--dry-run")
+    assert code == 0 and "would run again" in out and "base" in out
+    assert _dump(db) == before  # result, epochs, status, study row: all as they were
+    assert {p: p.stat().st_mtime_ns for p in files if p.exists()} == stamps
+    code, out, _ = cli("status", smoke_config)
+    assert " done " in [l for l in out.splitlines() if l.startswith("base ")][0]
 
 
 def test_only_with_no_match_is_an_error(cli, smoke_config):

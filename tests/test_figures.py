@@ -84,10 +84,17 @@ def test_failed_experiments_have_no_bar():
     assert len(figures.bars_from_rows(rows)) == 2
 
 
-def test_wrap_label_cuts_long_words():
+def test_wrap_label_breaks_between_words_only():
     text = figures.wrap_label("vit_base_patch16_224 gradual 224px", 14)
-    assert all(len(line) <= 14 for line in text.split("\n"))
-    assert text.replace("\n", "").replace(" ", "") == "vit_base_patch16_224gradual224px"
+    assert text.split("\n") == ["vit_base_patch16_224", "gradual 224px"]
+    text = figures.wrap_label("tf_effnet_lite0 linear 224px sgd lr=0.05 10ep", 14)
+    assert text.split("\n") == ["tf_effnet_lite0", "linear 224px", "sgd lr=0.05", "10ep"]
+    rows = [Row("l0", "id0", "done", "tf_efficientnet_lite0", "linear", "112px, adamw lr=0.001, "
+                "30ep", 0.7, 0.7, 10.0)]
+    label = figures.bars_from_rows(rows)[0].label
+    assert label.split("\n")[0] == "tf_effnet_lite0"  # the model name is never cut
+    assert all(w in "tf_effnet_lite0 linear 112px adamw lr=0.001 30ep".split()
+               for line in label.split("\n") for w in line.split())
 
 
 def test_short_model():

@@ -3,6 +3,7 @@ import html
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,18 @@ def test_html_is_self_contained_with_chart(report):
     assert "data:image/png;base64," in text
     assert text.count("data:image/png;base64,") >= 5  # samples, graphs, chart, curves, confusion
     assert not re.search(r'<img[^>]+src="(?!data:)', text)  # no image the file does not carry
+    assert not re.search(r'<script[^>]+src=|<link[^>]+href="?(https?:)?//', text)
+    assert not notebook.external_resources(text)  # opens offline: no CDN script or style
+
+
+def test_html_export_needs_no_network():
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+    nb = new_notebook(cells=[new_markdown_cell("# Report"), new_code_cell("1 + 1")])
+    page = notebook.to_html(nb)
+    assert "<h1" in page and "jp-Notebook" in page and "<style" in page  # styles inlined
+    assert "cdnjs" not in page and not notebook.external_resources(page)
+    assert notebook.external_resources('<script src="https://cdn.example/x.js"></script>')
+    assert notebook.external_resources('const u = "https://cdn.example/m.esm.min.mjs";')
 
 
 def test_html_describes_every_experiment(report):
@@ -91,7 +104,12 @@ def test_html_states_data_hardware_and_architecture(report):
 def test_html_best_model_section(report):
     text = report["text"]
     m = re.search(r"best model \(chosen on validation accuracy\): (\S+)", text)
-    assert m and m.group(1) in {"lite0-linear", "lite0-last1", "baseline"}
+    con = sqlite3.connect(report["work"] / "store.db")  # best validation accuracy, then faster
+    (want,), = con.execute("SELECT e.name FROM results r JOIN experiments e ON e.id = r.exp_id "
+                           "WHERE e.status = 'done' AND r.val_acc IS NOT NULL "
+                           "ORDER BY r.val_acc DESC, r.total_seconds ASC LIMIT 1").fetchall()
+    con.close()
+    assert m and m.group(1) == want
     assert re.search(r"source model      : \S+", text)
     assert re.search(r"test accuracy     : \d+\.\d\d%", text)
     assert "Лучшая модель" in text

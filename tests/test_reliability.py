@@ -71,7 +71,7 @@ def popen(tmp: Path, *args, out: Path) -> subprocess.Popen:
                             env=env_for(tmp), stdout=f, stderr=subprocess.STDOUT)
 
 
-def run_cli(tmp: Path, *args, timeout=300) -> subprocess.CompletedProcess:
+def run_cli(tmp: Path, *args, timeout=1800) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "transferlab", *map(str, args)], cwd=tmp,
                           env=env_for(tmp), capture_output=True, text=True, timeout=timeout)
 
@@ -185,7 +185,7 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
     cfg = quick_config(tmp_path / "kill.toml", name="kill", epochs=5, body=grid("k", [0, 1]))
     db = tmp_path / "runs" / "transferlab.db"
     proc = popen(tmp_path, "run", cfg, out=tmp_path / "first.log")
-    deadline = time.time() + 240
+    deadline = time.time() + 1800  # a hang guard: the loop waits for the event itself
     while _max_epoch(db, "k-1") < 1:
         assert proc.poll() is None, (tmp_path / "first.log").read_text()
         assert time.time() < deadline, "k-1 never reached epoch 1"
@@ -195,7 +195,7 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
     first = by_name(db)
     assert first["k-0"]["status"] == "done" and first["k-1"]["status"] == "running"
     k0_result = q(db, "SELECT * FROM results WHERE exp_id = ?", first["k-0"]["id"])
-    exp_dir = next((tmp_path / "runs" / "kill").glob("k-1-*"))
+    exp_dir = tmp_path / "runs" / "kill" / first["k-1"]["id"]  # files are keyed by id
     assert (exp_dir / "checkpoint.pt").exists()
 
     again = run_cli(tmp_path, "run", cfg)
@@ -229,7 +229,7 @@ def test_kill9_mid_epoch_resumes_to_the_same_result(tmp_path):
     losses = "SELECT epoch, train_loss, train_acc, val_acc, val_loss, lr FROM epochs WHERE exp_id = ? ORDER BY epoch"
     assert q(db, losses, kid) == q(ref_db, losses, kid)
     assert len(q(db, losses, kid)) == 5
-    a, b = _state(exp_dir / "model.pt"), _state(next((ref / "runs" / "kill").glob("k-1-*")) / "model.pt")
+    a, b = _state(exp_dir / "model.pt"), _state(ref / "runs" / "kill" / kid / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -284,8 +284,9 @@ def test_interrupted_gradual_run_with_dropout_resumes_bitwise(tmp_path, monkeypa
     assert q(db, cols) == q(ref_db, cols)
     rows = "SELECT epoch, phase, train_loss, train_acc, val_acc, val_loss, lr FROM epochs ORDER BY epoch"
     assert q(db, rows) == q(ref_db, rows) and len(q(db, rows)) == 4
-    a = _state(next((runs["interrupted"] / "runs" / "grad").glob("g-*")) / "model.pt")
-    b = _state(next((runs["plain"] / "runs" / "grad").glob("g-*")) / "model.pt")
+    gid = by_name(db)["g"]["id"]
+    a = _state(runs["interrupted"] / "runs" / "grad" / gid / "model.pt")
+    b = _state(runs["plain"] / "runs" / "grad" / gid / "model.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -341,7 +342,7 @@ def test_checkpoint_write_that_dies_leaves_previous_intact(tmp_path, monkeypatch
 def test_parallel_runners_share_the_grid(tmp_path):
     cfg = quick_config(tmp_path / "par.toml", name="par", epochs=2, body=grid("p", range(4)))
     procs = [popen(tmp_path, "run", cfg, out=tmp_path / f"r{i}.log") for i in range(2)]
-    codes = [p.wait(timeout=300) for p in procs]
+    codes = [p.wait(timeout=1800) for p in procs]
     logs = [(tmp_path / f"r{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], "\n".join(logs)
     db = tmp_path / "runs" / "transferlab.db"
@@ -531,7 +532,7 @@ def test_weights_unreachable_offline_say_where_and_how(tmp_path, prior):
     quick_config(tmp_path / "hub.toml", data="synthetic:8",
                  body='\n[[experiment]]\nname = "hub"\nmodel = "resnet18"\nregime = "linear"\n'
                       '\n[[experiment]]\nname = "after"\nseed = 5\n')
-    res = run_cli(tmp_path, "run", "hub.toml", timeout=180)
+    res = run_cli(tmp_path, "run", "hub.toml", timeout=1800)
     assert res.returncode != 0
     out = res.stdout
     assert "cannot fetch ImageNet weights for timm model 'resnet18'" in out
@@ -674,13 +675,12 @@ def test_study_name_cannot_escape_the_runs_directory(tmp_path, monkeypatch, caps
     rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "esc.toml")
     assert rc == 2 and "name '../../outside' is not allowed" in err
     from transferlab.config import ExperimentSpec, parse_study
-    from transferlab.errors import UserError
     from transferlab.study import experiment_dir
     study = parse_study({"study": {"name": "ok"}, "experiment": [{"model": "baseline",
                          "regime": "scratch"}]}, base_dir=tmp_path)
     sneaky = ExperimentSpec(name="../../x", model="baseline")  # built past the config checks
-    with pytest.raises(UserError, match="would escape"):
-        experiment_dir(study, sneaky)
+    root = (tmp_path / "runs" / "ok").resolve()
+    assert experiment_dir(study, sneaky) == root / sneaky.id  # the folder is the id, not the name
     prior()
 
 

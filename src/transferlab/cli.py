@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -118,13 +119,16 @@ def cmd_run(args) -> int:
             raise UserError(f"{args.config}: experiment {e.name!r}: {err}") from None
     runner = Runner(study, data_root=args.data_root, device=args.device,
                     skip_bad_images=args.skip_bad_images, overrides=_overrides(args),
-                    tensorboard=args.tensorboard)
+                    tensorboard=args.tensorboard, register=not args.dry_run)
+    if args.dry_run:  # a dry run changes nothing: no reset, no registration
+        from .estimate import dry_run
+        again = runner.matching(args.rerun) if args.rerun else []
+        if again:
+            say("would run again (a dry run forgets nothing): " + ", ".join(again))
+        print(dry_run(runner, runner.select(args.only), again=set(again)))
+        return 0
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
-    if args.dry_run:
-        from .estimate import dry_run
-        print(dry_run(runner, runner.select(args.only)))
-        return 0
     say(f"study {study.name}: {len(study.experiments)} experiments, store {runner.store.path}, "
         f"device {runner.device}")
     if runner.tensorboard:
@@ -154,12 +158,49 @@ def _members(args):
     return store, st["members"], st["externals"], st["name"]
 
 
+def _flags(overrides: dict) -> str:
+    return " ".join(f"--{k} {shlex.quote(str(overrides[k]))}" for k in ("data", "subset", "epochs")
+                    if overrides.get(k) is not None)
+
+
+def other_runs(args, store, name: str, members: list) -> list[str]:
+    """What the store holds for this study under other overrides, with the command that shows
+    it: the ids follow the overrides, so those rows are not the ones printed above."""
+    if not args.config:
+        return []
+    shown = {i for _, i in members}
+    missing = sum(store.get(i) is None for i in shown)
+    store_flag = f" --store {shlex.quote(str(args.store))}" if args.store else ""
+    lines, seen = [], set()
+    for run in store.study_runs(name):
+        ids = tuple(i for _, i in run["members"])
+        if set(ids) == shown or ids in seen:
+            continue
+        seen.add(ids)
+        states = [row["status"] for i in ids if (row := store.get(i)) is not None]
+        if not states:
+            continue
+        counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "failed", "pending")
+                           if s in states)
+        flags = _flags(run["overrides"])
+        lines.append(f"  {flags or 'no overrides'}: {counts}  ->  transferlab {args.cmd} "
+                     f"{shlex.quote(str(args.config))}{(' ' + flags) if flags else ''}{store_flag}")
+    if not lines:
+        return []
+    mine = _flags(_overrides(args)) or "no overrides"
+    head = (f"\n{missing} of {len(shown)} experiments have no record with these settings "
+            f"({mine}); " if missing else "\n") + f"the store also holds study {name} run with:"
+    return [head, *lines]
+
+
 def cmd_status(args) -> int:
     from .report import format_table, study_rows
     store, members, externals, name = _members(args)
     rows = study_rows(store, members, externals)
     print(f"study {name} ({store.path})")
     print(format_table(rows))
+    for line in other_runs(args, store, name, members):
+        print(line)
     return 0
 
 
@@ -169,6 +210,8 @@ def cmd_report(args) -> int:
     rows = study_rows(store, members, externals)
     print(f"study {name} ({store.path})\n")
     print(format_table(rows))
+    for line in other_runs(args, store, name, members):
+        print(line)
     best = best_row(rows)
     print()
     if best is None:

@@ -146,8 +146,23 @@ class Study:
 
 
 def experiment_id(spec: ExperimentSpec) -> str:
+    """Hash of the resolved spec without its display name; the data enter by their content
+    fingerprint, not by the path as typed (relative or absolute, from any folder: one id)."""
     d = spec.to_dict()
     d.pop("name")
+    if d["data"]["fingerprint"]:
+        d["data"].pop("source")
+    return _spec_hash(d)
+
+
+def legacy_experiment_id(spec: ExperimentSpec) -> str:
+    """The id this spec had before ids followed the data's fingerprint (source as typed)."""
+    d = spec.to_dict()
+    d.pop("name")
+    return _spec_hash(d)
+
+
+def _spec_hash(d: dict) -> str:
     blob = json.dumps(d, sort_keys=True, default=list).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

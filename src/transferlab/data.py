@@ -75,7 +75,12 @@ def parse_source(source: str) -> tuple[str, str]:
 
 
 def fingerprint(source: str) -> str:
-    """A cheap content key: it changes when the data changes, not when it is moved."""
+    """A cheap content key: it changes when the data changes, not when it is moved.
+
+    An archive is hashed whole. A folder is keyed by each file's relative name, size and
+    modification time (ns): reading every byte of a large photo folder on each run would cost
+    minutes, and an edit that keeps the size still moves the mtime (`mv` keeps it; a copy that
+    does not preserve times gets a new key, which recomputes but never reuses stale data)."""
     kind, arg = parse_source(source)
     if kind == "cifar10":
         return "cifar10-torchvision"
@@ -90,7 +95,8 @@ def fingerprint(source: str) -> str:
     else:
         for p in sorted(path.rglob("*")):
             if p.is_file():
-                h.update(f"{p.relative_to(path)}:{p.stat().st_size}\n".encode())
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return f"folder-{h.hexdigest()[:16]}"
 
 
@@ -314,6 +320,17 @@ def _stratified_take(y: torch.Tensor, per_class: dict[int, int], seed: int) -> t
         idx = perm[y[perm] == c]
         picked.append(idx[:k])
     return torch.sort(torch.cat(picked)).values if picked else torch.empty(0, dtype=torch.long)
+
+
+def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of about `n` items, each class in proportion to its count, drawn with a
+    seeded permutation (image folders list their files class by class: a prefix is not a
+    sample)."""
+    if n >= len(y):
+        return torch.arange(len(y))
+    counts = torch.bincount(y)
+    take = {c: max(1, round(n * int(k) / len(y))) for c, k in enumerate(counts) if k}
+    return _stratified_take(y, take, seed)
 
 
 def make_splits(spec: DataSpec, root: Path, skip_bad: bool = False,

@@ -34,7 +34,8 @@ def estimate_seconds(spec, sizes: dict, store) -> float:
         2 * sizes["test"] / _speed(INFER_224, res)
 
 
-def dry_run(runner, specs) -> str:
+def dry_run(runner, specs, again: set = frozenset()) -> str:
+    """What would run; `again`: names --rerun would forget (shown as pending, not reset)."""
     try:
         sizes = {k: len(v) for k, v in runner.splits().y.items()}
     except Exception as e:  # no data yet (e.g. no network): still list the work
@@ -43,6 +44,8 @@ def dry_run(runner, specs) -> str:
     for s in specs:
         row = runner.store.get(s.id)
         status = row["status"] if row else "pending"
+        if s.name in again:
+            status = "rerun"
         est = ""
         if sizes and status != "done":
             sec = estimate_seconds(s, sizes, runner.store)

@@ -13,12 +13,12 @@ import torch
 from . import dist, hardware, kernels, models, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
-from .data import Splits
+from .data import Splits, stratified_sample
+from .errors import ExperimentFailed, UserError
 from .features import cached_features, fit_heads, fold_standardisation, probe_views
 from .hardware import Choice
 from .train import Evaluation, Shards, Trainer, describe_optimizer, evaluate_views
-from .errors import ExperimentFailed, UserError
-from .util import atomic_save, environment, eval_batch, peak_rss_mb, safe_load, seed_everything
+from .util import PeakMemory, atomic_save, environment, eval_batch, safe_load, seed_everything
 
 
 def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
@@ -64,6 +64,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     t_start = time.perf_counter()
     if not spec.uses_features:  # a batch too small for the processes fails before any work
         Shards.plan(len(splits.y["train"]), spec.batch_size, dist.world())
+    peak = PeakMemory(device)  # this experiment's own peak, not the process's so far
     seed_everything(spec.seed)
     net = models.build(spec, splits.num_classes)
     plan = regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
@@ -87,7 +88,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     else:
         result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
-                  peak_mem_mb=_peak_memory(device))
+                  peak_mem_mb=peak.stop())
     # per test image, in split order: what `transferlab predict` is checked against
     result["extra"]["test_predictions"] = result.pop("test_predictions", None)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
@@ -156,7 +157,8 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
-        net.backbone.data_init(pipe.eval(splits.x["train"][:5000]).float())
+        idx = stratified_sample(splits.y["train"], 5000, seed=spec.seed)  # all classes, seeded
+        net.backbone.data_init(pipe.eval(splits.x["train"][idx]).float())
     if spec.compile:
         net.forward = torch.compile(net.forward)
     elif choices["train"].numerics.fast_path and (n := kernels.use_fast_depthwise(net)):
@@ -234,12 +236,6 @@ def _probe_eval(head, feats: list, y) -> Evaluation:
     preds = logits.argmax(1)
     loss = float(torch.nn.functional.cross_entropy(logits, y))
     return Evaluation(float((preds == y).float().mean()), loss, preds, y)
-
-
-def _peak_memory(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return peak_rss_mb()
 
 
 def env_record(device) -> dict:

@@ -41,17 +41,12 @@ def short_model(model: str) -> str:
 
 
 def wrap_label(text: str, width: int = 14) -> str:
-    """Wrap on spaces; a word longer than `width` is cut into pieces (no hyphen games)."""
+    """Wrap between words only: a word longer than `width` (a model name) keeps a line of its
+    own, whole; the chart widens to fit its longest line."""
     lines: list[str] = []
     for para in text.split("\n"):
         line = ""
         for word in para.split(" "):
-            while len(word) > width:
-                if line:
-                    lines.append(line)
-                    line = ""
-                lines.append(word[:width])
-                word = word[width:]
             if not line:
                 line = word
             elif len(line) + 1 + len(word) <= width:

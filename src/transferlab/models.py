@@ -155,7 +155,11 @@ def _timm_backbone(name: str, weights: str):
     hub = weights == "imagenet" and offline is None
     try:
         model = timm.create_model(name, pretrained=hub)
-    except Exception as e:  # network, hub or file errors from several libraries
+    except Exception as e:  # noqa: BLE001  (network, hub, file, or anything else: say which)
+        if not (hub and is_fetch_error(e)):
+            raise UserError(f"timm cannot create model {name!r} "
+                            f"({'with' if hub else 'without'} hub weights): "
+                            f"{type(e).__name__}: {str(e)[:300]}") from e
         cfg = timm.models.get_pretrained_cfg(name)
         where = (cfg.hf_hub_id and f"Hugging Face hub repo {cfg.hf_hub_id}") or cfg.url or "its hub"
         raise UserError(f"cannot fetch ImageNet weights for timm model {name!r} from {where} "
@@ -229,21 +233,46 @@ def _load_file(model: nn.Module, path: str) -> str:
     return f"weights from file {p} ({len(usable)} tensors; {len(missing)} left at random init)"
 
 
+def is_fetch_error(e: BaseException | None) -> bool:
+    """Did a download or hub lookup fail (network, offline cache miss), anywhere in the chain?"""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) or type(e).__module__.split(".")[0] in (
+                "huggingface_hub", "requests", "urllib3", "urllib"):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _tv_weights(name: str, weights: str):
+    """The torchvision weight enum that `weights` names, or None (none, file:PATH)."""
+    import torchvision.models as tvm
+    if weights == "none" or weights.startswith("file:"):
+        return None
+    try:
+        enums = tvm.get_model_weights(name)
+    except Exception:  # noqa: BLE001  (no weights registered for this builder)
+        raise UserError(f"torchvision model {name!r} ships no pretrained weights; use "
+                        "weights = \"none\" or \"file:PATH\"") from None
+    choices = ", ".join(w.name for w in enums)
+    try:
+        return getattr(enums, "DEFAULT") if weights == "imagenet" else enums[weights]
+    except (KeyError, AttributeError):
+        raise UserError(f"torchvision model {name!r} has no weights {weights!r}; choose "
+                        f"imagenet, none, file:PATH or one of {choices}") from None
+
+
 def _tv_backbone(name: str, weights: str):
     import torchvision.models as tvm
-    enum = None
-    if weights == "imagenet":
-        enum = tvm.get_model_weights(name).DEFAULT
-    elif weights not in ("none",) and not weights.startswith("file:"):
-        try:
-            enum = tvm.get_model_weights(name)[weights]
-        except KeyError:
-            choices = [w.name for w in tvm.get_model_weights(name)]
-            raise UserError(f"torchvision model {name!r} has no weights {weights!r}; choose "
-                            f"imagenet, none, file:PATH or one of {', '.join(choices)}") from None
+    enum = _tv_weights(name, weights)
     try:
         model = tvm.get_model(name, weights=enum)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (a download failure, or anything else: say which)
+        if enum is None or not is_fetch_error(e):
+            raise UserError(f"torchvision cannot build model {name!r} (weights "
+                            f"{enum.name if enum else 'none'}): {type(e).__name__}: "
+                            f"{str(e)[:300]}") from e
         raise UserError(f"cannot fetch torchvision weights {enum} from {enum.url} ({e}). Offline, "
                         f"put the file in $TORCH_HOME/hub/checkpoints/ or pass weights = "
                         "\"file:PATH\".") from None

@@ -7,6 +7,7 @@ runs it with nbclient in the current directory, and exports it with nbconvert.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .errors import UserError
 
 NOTEBOOK_NAME = "cifar10_transfer_learning.ipynb"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+log = logging.getLogger(__name__)
 
 
 def notebook_path() -> Path:
@@ -56,10 +58,35 @@ def _abs(p) -> str | None:
     return str(Path(p).expanduser().resolve()) if p is not None else None
 
 
+# nbconvert's lab template loads require.js, MathJax and mermaid from a CDN; opened offline
+# (a classroom laptop) those requests fail. The report has images, text and tables only (no
+# widgets, math or diagrams), so this template leaves those scripts out; CSS is inlined already.
+_OFFLINE_TEMPLATE = """{%- extends 'lab/index.html.j2' -%}
+{%- block html_head_js -%}{%- endblock html_head_js -%}
+{%- block jupyter_widgets -%}{%- endblock jupyter_widgets -%}
+{%- block html_head_js_mathjax -%}{%- endblock html_head_js_mathjax -%}
+{%- block html_head_js_mermaidjs -%}{%- endblock html_head_js_mermaidjs -%}
+"""
+_EXTERNAL = re.compile(r"""<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)\s*=\s*["']?"""
+                       r"""(?:https?:)?//[^"'\s>]+|["'](?:https?:)?//[^"'\s]+\.(?:m?js|css)\b""",
+                       re.IGNORECASE)
+
+
+def external_resources(html: str) -> list[str]:
+    """Scripts, styles, images or modules a page would fetch from the network."""
+    return _EXTERNAL.findall(html)
+
+
 def to_html(nb) -> str:
+    """The notebook as one HTML file that needs no network: images embedded, no CDN scripts."""
+    import jinja2
     from nbconvert import HTMLExporter
-    exporter = HTMLExporter(embed_images=True)
+    exporter = HTMLExporter(embed_images=True, template_name="lab",
+                            extra_loaders=[jinja2.DictLoader({"offline.html.j2": _OFFLINE_TEMPLATE})],
+                            template_file="offline.html.j2")
     body, _ = exporter.from_notebook_node(nb)
+    for ref in external_resources(body):  # from a cell's own HTML output, say which
+        log.warning("the HTML report still refers to the network: %s", ref[:120])
     return body
 
 

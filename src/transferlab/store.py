@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ClaimLost, UserError
 
-SCHEMA_VERSION = 2  # 2: experiments.token (fenced claims)
+SCHEMA_VERSION = 3  # 2: experiments.token (fenced claims); 3: study_runs (every override set)
 LEASE_SECONDS = 120.0  # default; TRANSFERLAB_LEASE_SECONDS overrides it (tests use a short one)
 LEASE_ENV = "TRANSFERLAB_LEASE_SECONDS"
 MOUNTS = Path("/proc/mounts")
@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS environment (exp_id TEXT PRIMARY KEY, info TEXT NOT N
 CREATE TABLE IF NOT EXISTS studies (
     name TEXT PRIMARY KEY, config_path TEXT, overrides TEXT, members TEXT NOT NULL,
     externals TEXT NOT NULL, updated {real} NOT NULL);
+CREATE TABLE IF NOT EXISTS study_runs (
+    name TEXT NOT NULL, overrides TEXT NOT NULL, members TEXT NOT NULL, updated {real} NOT NULL,
+    PRIMARY KEY (name, overrides));
 """
 COLUMNS = {
     "experiments": ["id", "name", "status", "reason", "config", "details", "owner", "heartbeat",
@@ -68,7 +71,8 @@ COLUMNS = {
     "studies": ["name", "config_path", "overrides", "members", "externals", "updated"],
 }
 KEYS = {"meta": ["key"], "experiments": ["id"], "epochs": ["exp_id", "epoch"],
-        "results": ["exp_id"], "environment": ["exp_id"], "studies": ["name"]}
+        "results": ["exp_id"], "environment": ["exp_id"], "studies": ["name"],
+        "study_runs": ["name", "overrides"]}
 
 
 def is_server_url(where) -> bool:
@@ -338,13 +342,20 @@ class Store:
         return int(row["value"]) if row else 0
 
     def _migrate(self, version: int) -> None:
-        if version != 1:
+        """Upgrade an older store in place, one step at a time; nothing is dropped."""
+        if version < 1:
             raise UserError(f"{self.path} has store schema {version}, which this transferlab cannot "
                             f"migrate to {SCHEMA_VERSION}; start a new store (--store PATH)")
         with self.tx():
             self.backend.exclusive()
-            if self._version() == 1:  # another runner may have migrated it meanwhile
+            version = self._version()  # another runner may have migrated it meanwhile
+            if version < 2:
                 self._x("ALTER TABLE experiments ADD COLUMN token TEXT")
+            if version < 3:
+                self._x(f"CREATE TABLE IF NOT EXISTS study_runs (name TEXT NOT NULL, overrides "
+                        f"TEXT NOT NULL, members TEXT NOT NULL, updated {self.backend.real} NOT "
+                        f"NULL, PRIMARY KEY (name, overrides))")
+            if version < SCHEMA_VERSION:
                 self._upsert("meta", {"key": "schema_version", "value": str(SCHEMA_VERSION)})
 
     @contextmanager
@@ -428,6 +439,18 @@ class Store:
                                          "created": now, "updated": now}, update=False)
             self._x("UPDATE experiments SET name=? WHERE id=?", (name, exp_id))
 
+    def adopt(self, old_id: str, new_id: str) -> bool:
+        """Move an experiment's rows from an id an older transferlab computed to its current
+        one; False when there is nothing to move or the new id exists already."""
+        with self.tx():
+            if self._x("SELECT 1 FROM experiments WHERE id=?", (new_id,)).fetchone() or \
+                    not self._x("SELECT 1 FROM experiments WHERE id=?", (old_id,)).fetchone():
+                return False
+            self._x("UPDATE experiments SET id=? WHERE id=?", (new_id, old_id))
+            for table in ("epochs", "results", "environment"):
+                self._x(f"UPDATE {table} SET exp_id=? WHERE exp_id=?", (new_id, old_id))
+            return True
+
     def get(self, exp_id: str):
         return self._x("SELECT * FROM experiments WHERE id=?", (exp_id,)).fetchone()
 
@@ -510,6 +533,22 @@ class Store:
         self._upsert("studies", {"name": name, "config_path": config_path,
                                  "overrides": json.dumps(overrides), "members": json.dumps(members),
                                  "externals": json.dumps(externals), "updated": time.time()})
+
+    def save_study_run(self, name: str, overrides: dict, members: list) -> None:
+        """Remember every override set a study ran with (`studies` keeps only the last)."""
+        self._upsert("study_runs", {"name": name, "overrides": json.dumps(overrides, sort_keys=True),
+                                    "members": json.dumps(members), "updated": time.time()})
+
+    def study_runs(self, name: str) -> list[dict]:
+        """The override sets a study ran with, newest first: {overrides, members}."""
+        rows = self._x("SELECT overrides, members FROM study_runs WHERE name=? "
+                       "ORDER BY updated DESC", (name,)).fetchall()
+        runs = [{"overrides": json.loads(r["overrides"]), "members": json.loads(r["members"])}
+                for r in rows]
+        last = self.study(name)
+        if last and all(r["overrides"] != last["overrides"] for r in runs):
+            runs.insert(0, {"overrides": last["overrides"], "members": last["members"]})
+        return runs
 
     def study(self, name: str | None = None) -> dict | None:
         q = ("SELECT * FROM studies WHERE name=?", (name,)) if name else \

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from . import dist
-from .config import ExperimentSpec, Study
+from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, default_data_root, make_splits
 from .errors import ClaimLost, ExperimentFailed, UserError
 from .store import Store, lease_seconds, owner_id
@@ -29,11 +29,27 @@ def say(msg: str) -> None:
 
 
 def experiment_dir(study: Study, spec: ExperimentSpec) -> Path:
+    """An experiment's files (checkpoint, model), keyed by id: renaming the experiment in the
+    config keeps them. A folder left by an older transferlab is taken over (see below)."""
     root = (study.runs_dir / study.name).resolve()
-    path = (root / f"{spec.name}-{spec.id}").resolve()
-    if root not in path.parents:  # names are validated already; this is the second lock
-        raise UserError(f"experiment name {spec.name!r} would escape {root}")
+    path = root / spec.id  # hex: no name, however spelt, reaches outside the study's folder
+    if not path.exists():
+        _take_over_old_dir(root, spec, path)
     return path
+
+
+def _take_over_old_dir(root: Path, spec: ExperimentSpec, path: Path) -> None:
+    """Older versions named the folder `<name>-<id>`, with an id that hashed the data path as
+    typed: rename such a folder to the id, so an interrupted run resumes from its checkpoint."""
+    if not root.is_dir():
+        return
+    for old_id in dict.fromkeys((spec.id, legacy_experiment_id(spec))):
+        for old in sorted(root.glob(f"*-{old_id}")):
+            try:
+                old.rename(path)
+                return
+            except OSError:  # another runner took it over first, or it is not a folder
+                continue
 
 
 @dataclass
@@ -106,7 +122,7 @@ class Heartbeat:
 class Runner:
     def __init__(self, study: Study, data_root: Path | None = None, device: str = "auto",
                  skip_bad_images: bool = False, overrides: dict | None = None,
-                 tensorboard: Path | None = None):
+                 tensorboard: Path | None = None, register: bool = True):
         from .util import pick_device
         dist.init()
         self.study, self.overrides = study, overrides or {}
@@ -122,16 +138,23 @@ class Runner:
         if self.tensorboard:
             from .tboard import require
             require()
-        self._register()
+        if register:  # a dry run writes nothing
+            self._register()
 
     def _register(self) -> None:
         if not self.is_main:
             return
         for e in self.study.experiments:
+            legacy = legacy_experiment_id(e)
+            if legacy != e.id and self.store.adopt(legacy, e.id):
+                say(f"{e.name}: its results (stored under the older id {legacy}) carried over")
             self.store.register(e.id, e.name, e.to_dict())
+            experiment_dir(self.study, e)  # takes over a folder an older version named
         self.store.save_study(self.study.name, str(self.study.path or ""), self.overrides,
                               [(e.name, e.id) for e in self.study.experiments],
                               [x.__dict__ for x in self.study.externals])
+        self.store.save_study_run(self.study.name, self.overrides,
+                                  [(e.name, e.id) for e in self.study.experiments])
 
     def select(self, only: str | None) -> list[ExperimentSpec]:
         chosen = [e for e in self.study.experiments if not only or fnmatch.fnmatch(e.name, only)]
@@ -140,10 +163,15 @@ class Runner:
                             f"{', '.join(e.name for e in self.study.experiments)}")
         return chosen
 
-    def rerun(self, pattern: str) -> list[str]:
+    def matching(self, pattern: str) -> list[str]:
+        """Names that --rerun PATTERN would forget (an error if none)."""
         names = [e.name for e in self.study.experiments if fnmatch.fnmatch(e.name, pattern)]
         if not names:
             raise UserError(f"--rerun {pattern!r} matches no experiment")
+        return names
+
+    def rerun(self, pattern: str) -> list[str]:
+        names = self.matching(pattern)
         if self.is_main:  # under torchrun the other ranks must not reset what rank 0 claims next
             for e in self.study.experiments:
                 if e.name in names:

@@ -7,6 +7,8 @@ import platform
 import random
 import subprocess
 import tempfile
+import threading
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
@@ -120,3 +122,64 @@ def git_revision() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+class PeakMemory:
+    """One experiment's own peak memory in MB (not the process's lifetime peak, which later
+    experiments of a study would inherit). CUDA: the allocator's peak, reset at the start.
+    CPU: the kernel's resident-set high-water mark, reset through /proc/self/clear_refs (Linux);
+    where that is not allowed, the resident set sampled every 20 ms by a side thread; without
+    /proc at all, the process's peak so far (the only figure the standard library gives)."""
+
+    def __init__(self, device):
+        self.device, self.peak, self.done = device, 0.0, threading.Event()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self.mode = "cuda"
+        elif _reset_rss_peak():
+            self.mode = "hwm"
+        elif _proc_status_mb("VmRSS") is None:
+            self.mode = "lifetime"
+        else:
+            self.mode = "sampled"
+            threading.Thread(target=_sample_rss, args=(weakref.ref(self), self.done),
+                             daemon=True).start()
+
+    def stop(self) -> float:
+        self.done.set()
+        if self.mode == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        if self.mode == "hwm":
+            return _proc_status_mb("VmHWM") or peak_rss_mb()
+        if self.mode == "lifetime":
+            return peak_rss_mb()
+        return max(self.peak, _proc_status_mb("VmRSS") or 0.0)
+
+
+def _reset_rss_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set size to the current one
+        return _proc_status_mb("VmHWM") is not None
+    except OSError:
+        return False
+
+
+def _proc_status_mb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
+
+
+def _sample_rss(ref, done: threading.Event, every: float = 0.02) -> None:
+    while not done.wait(every):
+        tracker = ref()
+        if tracker is None:  # the experiment ended without stop() (it raised)
+            return
+        tracker.peak = max(tracker.peak, _proc_status_mb("VmRSS") or 0.0)
+        del tracker
