@@ -202,7 +202,7 @@ def test_missing_weights_are_a_clear_error(study, capsys, tmp_path):
     import shutil
     shutil.copytree(study["root"] / "runs", tmp_path / "runs")
     shutil.copy(study["config"], tmp_path / "tiny.toml")
-    weights, = (tmp_path / "runs" / "tiny").glob("base-*/model.pt")
+    weights, = (tmp_path / "runs" / "tiny").glob("*/model.pt")
     weights.unlink()
     img = next((study["root"] / "images" / "test").rglob("*.png"))
     with pytest.MonkeyPatch.context() as mp:
