@@ -202,7 +202,9 @@ def test_missing_weights_are_a_clear_error(study, capsys, tmp_path):
     import shutil
     shutil.copytree(study["root"] / "runs", tmp_path / "runs")
     shutil.copy(study["config"], tmp_path / "tiny.toml")
-    weights, = (tmp_path / "runs" / "tiny").glob("*/model.pt")
+    from transferlab.config import load_study
+    base = next(e for e in load_study(study["config"]).experiments if e.name == "base")
+    weights = tmp_path / "runs" / "tiny" / base.id / "model.pt"
     weights.unlink()
     img = next((study["root"] / "images" / "test").rglob("*.png"))
     with pytest.MonkeyPatch.context() as mp:

@@ -51,3 +51,12 @@ def broadcast(obj):
 def barrier() -> None:
     if world() > 1:
         td.barrier()
+
+
+def finish() -> None:
+    """Leave the process group together: a rank that exits while gloo's threads still talk to
+    the others can abort at interpreter shutdown ("terminate called without an active
+    exception"), which torchrun reports as a failure."""
+    if td.is_initialized():
+        td.barrier()
+        td.destroy_process_group()
