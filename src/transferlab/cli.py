@@ -142,6 +142,8 @@ def cmd_run(args) -> int:
         say(f"  {name}: {reason}")
     if out.failed:
         say("fix the cause, then run again with --retry-failed (finished experiments are kept)")
+    from . import dist
+    dist.finish()  # last: after it every process counts as rank 0
     return 1 if out.failed else 0
 
 
