@@ -134,8 +134,6 @@ def cmd_run(args) -> int:
     if runner.tensorboard:
         say(f"TensorBoard curves under {runner.tensorboard}: tensorboard --logdir {runner.tensorboard}")
     out = runner.run(only=args.only, retry_failed=args.retry_failed, wait=args.wait)
-    from . import dist
-    dist.finish()
     say(f"\ndone: {len(out.ran)} ran, {len(out.skipped)} already finished or skipped, "
         f"{len(out.busy)} held by other runners, {len(out.failed)} failed")
     for name, reason in out.failed:
