@@ -2,6 +2,7 @@
 import pytest
 
 from transferlab.config import load_study, parse_study
+from transferlab.data import fingerprint
 from transferlab.errors import UserError
 
 from conftest import write_config
@@ -25,7 +26,7 @@ def test_unknown_key_names_key_file_and_suggestion(workdir):
         optimiser = { name = "sgd" }
     """)
     with pytest.raises(UserError) as e:
-        load_study(path)
+        load_study(path, fingerprint=fingerprint)
     msg = str(e.value)
     assert "bad.toml" in msg and "'optimiser'" in msg and "optimizer" in msg
 
@@ -101,8 +102,8 @@ def test_external_results_parse():
 def test_shipped_configs_load():
     from pathlib import Path
     root = Path(__file__).resolve().parents[1] / "configs"
-    full = load_study(root / "cifar10.toml")
-    quick = load_study(root / "cifar10-quick.toml")
+    full = load_study(root / "cifar10.toml", fingerprint=None)
+    quick = load_study(root / "cifar10-quick.toml", fingerprint=None)
     assert full.data.source == "cifar10" and quick.data.source == "cifar10"
     source_models = {e.model for e in full.experiments if e.model != "baseline"}
     assert len(source_models) == 4

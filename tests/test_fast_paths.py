@@ -13,7 +13,9 @@ from conftest import write_config
 from transferlab import kernels
 from transferlab.augment import Pipeline
 from transferlab.config import load_study, parse_study
-from transferlab.features import Extractor, fit_head, fit_heads
+from transferlab.data import fingerprint
+from transferlab.features import Extractor
+from transferlab.probe import fit_head, fit_heads
 from transferlab.store import Store
 
 
@@ -200,7 +202,7 @@ def test_run_log_names_the_fast_paths(cli, workdir, monkeypatch):
     assert code == 0, out + err
     assert "TorchScript, frozen" in out
     assert "cpu kernels    : direct weight gradient for the 16 depthwise convolutions" in out
-    study = load_study(cfg, subset=40)
+    study = load_study(cfg, subset=40, fingerprint=fingerprint)
     store = Store(workdir / "runs" / "transferlab.db")
     probe = store.result(next(s.id for s in study.experiments if s.name == "probe"))
     assert probe["extra"]["feature_extraction"] == "TorchScript, frozen"

@@ -22,7 +22,8 @@ import torch
 from transferlab import models, regimes
 from transferlab.augment import Pipeline
 from transferlab.config import load_study
-from transferlab.features import cached_features, fit_heads, fold_standardisation, probe_views
+from transferlab.features import cached_features, probe_views
+from transferlab.probe import fit_heads, fold_standardisation
 from transferlab.hardware import FP32
 from transferlab.models import make_head
 from transferlab.train import Shards, Trainer, evaluate_views

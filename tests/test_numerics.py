@@ -13,7 +13,7 @@ from conftest import write_config
 from transferlab import hardware, models
 from transferlab.augment import Pipeline
 from transferlab.config import load_study, parse_study
-from transferlab.data import make_splits
+from transferlab.data import fingerprint, make_splits
 from transferlab.store import Store
 from transferlab.train import Trainer
 
@@ -71,7 +71,7 @@ def test_auto_trains_fp32_and_infers_bf16_where_bf16_trains_slower(cli, workdir,
     assert "extract -> bf16 autocast (measured now: bf16 autocast 1848 img/s" in out
     assert "eval    -> bf16 autocast (measured now" in out
     assert "cpu kernels" not in out  # the kernel lost on the measurement: not switched on
-    study = load_study(cfg)
+    study = load_study(cfg, fingerprint=fingerprint)
     store = Store(study.store)
     ids = {e.name: e.id for e in study.experiments}
     full = json.loads(store.get(ids["full"])["details"])

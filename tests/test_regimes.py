@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from transferlab import models, regimes
+from transferlab import models, optim, regimes
 from transferlab.augment import Pipeline
 from transferlab.config import parse_study
 from transferlab.data import make_splits
@@ -109,7 +109,7 @@ def test_every_family_has_stem_and_four_stages_covering_all_parameters(name):
 def test_no_weight_decay_on_norms_and_biases():
     spec = _spec("full")
     net = models.build(spec, 4)
-    for g in regimes.param_groups(net, spec):
+    for g in optim.param_groups(net, spec):
         if g["weight_decay"] > 0:
             assert all(p.ndim > 1 for p in g["params"])
         else:
@@ -118,7 +118,7 @@ def test_no_weight_decay_on_norms_and_biases():
 
 def test_layer_decay_scales_lr_by_depth():
     spec = _spec("full", layer_decay=0.5)
-    groups = regimes.param_groups(models.build(spec, 4), spec)
+    groups = optim.param_groups(models.build(spec, 4), spec)
     scale = {g["group"]: g["lr_scale"] for g in groups}
     assert scale["head"] == 1.0 and scale["stage4"] == 0.5 and scale["stem"] == 0.5 ** 5
 

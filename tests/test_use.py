@@ -55,6 +55,7 @@ def study(tmp_path_factory, data_root):
     """A finished tiny study, its test images as test/<class>/<index>.png, its store."""
     from transferlab.cli import main
     from transferlab.config import load_study
+    from transferlab.data import fingerprint
     from transferlab.data import make_splits
     root = tmp_path_factory.mktemp("use")
     with pytest.MonkeyPatch.context() as mp:
@@ -62,7 +63,7 @@ def study(tmp_path_factory, data_root):
         mp.setenv("TRANSFERLAB_DATA", str(data_root))
         cfg = write_config(root / "tiny.toml", STUDY)
         assert main(["run", str(cfg), "--tensorboard", "tb"]) == 0
-        st = load_study(cfg)
+        st = load_study(cfg, fingerprint=fingerprint)
         splits = make_splits(st.data, data_root, False, 32)
         for i, (x, y) in enumerate(zip(splits.x["test"], splits.y["test"])):
             d = root / "images" / "test" / splits.classes[int(y)]
@@ -193,7 +194,8 @@ def test_predict_resizes_new_images_like_the_decode_cache(workdir, cli):
     # the cache side (the largest shorter side, 44 px), then the resolution
     assert "shorter side to 44 px" in out and "resize to 32x32" in out
     from transferlab.config import load_study
-    stored = _stored(load_study(cfg), "base")["extra"]["test_predictions"]
+    from transferlab.data import fingerprint
+    stored = _stored(load_study(cfg, fingerprint=fingerprint), "base")["extra"]["test_predictions"]
     rows = _csv(workdir / "p.csv")  # sorted paths: the order the study decoded them in
     assert [["cats", "dogs"].index(r["prediction"]) for r in rows] == stored
 
@@ -203,7 +205,8 @@ def test_missing_weights_are_a_clear_error(study, capsys, tmp_path):
     shutil.copytree(study["root"] / "runs", tmp_path / "runs")
     shutil.copy(study["config"], tmp_path / "tiny.toml")
     from transferlab.config import load_study
-    base = next(e for e in load_study(study["config"]).experiments if e.name == "base")
+    from transferlab.data import fingerprint
+    base = next(e for e in load_study(study["config"], fingerprint=fingerprint).experiments if e.name == "base")
     weights = tmp_path / "runs" / "tiny" / base.id / "model.pt"
     weights.unlink()
     img = next((study["root"] / "images" / "test").rglob("*.png"))

@@ -25,7 +25,7 @@ def specs_by_model(study: Study) -> "OrderedDict[str, list[ExperimentSpec]]":
 
 def representative(specs: list[ExperimentSpec]) -> ExperimentSpec:
     """The spec to draw a model from: a pretrained one if any (its init is the one to show)."""
-    return next((s for s in specs if s.regime != "scratch" and s.weights != "none"), specs[0])
+    return next((s for s in specs if regimes.pretrained(s)), specs[0])
 
 
 def build_net(spec: ExperimentSpec, num_classes: int) -> models.Net:
@@ -48,7 +48,7 @@ def summary_text(net: torch.nn.Module, resolution: int, depth: int = 2) -> str:
 
 def summary_for(net: models.Net, spec: ExperimentSpec, resolution: int, depth: int = 3) -> str:
     """The summary with the trainable flags of `spec`'s regime (its training phase)."""
-    regimes.apply(net, spec, phase=1)
+    regimes.apply(net, spec)  # its last phase
     return (f"trainable flags as in experiment {spec.name!r} (regime {spec.regime})\n"
             + summary_text(net, resolution, depth))
 
@@ -56,16 +56,16 @@ def summary_for(net: models.Net, spec: ExperimentSpec, resolution: int, depth: i
 def regime_rows(net: models.Net, specs: list[ExperimentSpec]) -> list[dict]:
     """For each experiment of one model: which layer groups train and which stay frozen.
 
-    `gradual` is shown in both phases (head only first, then everything). The net's
+    A regime with several phases (gradual, lp-ft) is shown in each. The net's
     requires_grad flags are left as the last row set them.
     """
     rows = []
     sizes = {g: sum(p.numel() for p in ps) for g, ps in regimes.group_map(net)}
     for s in specs:
-        phases = [0, 1] if s.regime == "gradual" else [1]
-        for ph in phases:
+        phases = regimes.phases(s)
+        for ph in range(len(phases)):
             plan = regimes.apply(net, s, phase=ph)
-            label = s.regime + (f" (phase {ph + 1})" if s.regime == "gradual" else "")
+            label = s.regime + (f" (phase {ph + 1})" if len(phases) > 1 else "")
             rows.append({"experiment": s.name, "regime": label,
                          "trained": plan.trained, "frozen": plan.frozen,
                          "trained_params": plan.trained_params,

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import ExperimentSpec
+from .net import ModelInfo, Net, describe_head
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 WIDTHS = (64, 256, 256)
@@ -80,7 +81,6 @@ class ScaledLinear(nn.Linear):
 
 
 def build_baseline(num_classes: int, spec: ExperimentSpec):
-    from .models import ModelInfo, Net, describe_head
     backbone = BaselineBackbone()
     head = ScaledLinear(backbone.num_features, num_classes)
     n = sum(p.numel() for p in backbone.parameters()) + head.weight.numel()

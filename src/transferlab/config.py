@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import regimes
 from .errors import UserError
 from .store import is_server_url
 
 STORE_ENV = "TRANSFERLAB_STORE"  # replaces [study] store (e.g. a postgresql:// URL on a cluster)
 
-REGIMES = ("linear", "last:K", "full", "scratch", "gradual")
+REGIMES = regimes.names()  # the registry in regimes.py: one entry per regime
 SCHEDULES = ("cosine", "onecycle", "constant")
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = ("none", "flip", "crop_flip", "rrc_flip")
@@ -75,7 +76,7 @@ class ExperimentSpec:
     name: str
     model: str
     weights: str = "imagenet"  # imagenet | none | file:PATH | a torchvision weight enum name
-    regime: str = "linear"  # linear | last:K | full | scratch | gradual
+    regime: str = "linear"  # a name in the regimes.py registry: linear | last:K | full | ...
     head: HeadSpec = field(default_factory=HeadSpec)
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     schedule: str = "cosine"
@@ -106,11 +107,11 @@ class ExperimentSpec:
     @property
     def uses_features(self) -> bool:
         """Frozen backbone fitted on cached features (no per-epoch backbone forward)."""
-        return self.regime == "linear" and self.fit in ("auto", "features") and self.model != "baseline"
+        return regimes.on_features(self)
 
     @property
     def last_k(self) -> int | None:
-        return int(self.regime.split(":")[1]) if self.regime.startswith("last:") else None
+        return regimes.last_k(self.regime)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -216,8 +217,12 @@ def _coerce(ctx, where: str, key: str, value, default):
         raise ctx.fail(where, f"{key} must be {want.__name__}, got {value!r} ({type(value).__name__})")
     choices = _CHOICES.get(key)
     if choices:
-        if key == "regime" and re.fullmatch(r"last:[1-9][0-9]*", str(value)):
-            return value
+        if key == "regime":
+            try:
+                regimes.get(value)
+                return value
+            except KeyError:
+                pass
         if value not in choices:
             raise ctx.fail(where, f"{key} = {value!r} is not valid; choose one of {', '.join(choices)}")
     return value
@@ -301,9 +306,8 @@ def _check_values(ctx, where: str, s: ExperimentSpec) -> None:
         (0 <= s.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 < s.layer_decay <= 1, "layer_decay must be in (0, 1]"),
         (0 <= s.head.dropout < 1, "head.dropout must be in [0, 1)"),
-        (s.regime != "gradual" or s.gradual_head_epochs < s.epochs,
-         "gradual_head_epochs must be smaller than epochs"),
-        (s.model != "baseline" or s.regime == "scratch",
+        (regimes.check(s) is None, regimes.check(s)),
+        (s.model != "baseline" or not regimes.get(s.regime).pretrained,
          "the baseline CNN has no pretrained weights: use regime = \"scratch\""),
     ]
     for ok, msg in checks:
@@ -331,13 +335,12 @@ def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
 
 
 def load_study(path: str | Path, data: str | None = None, subset: int | None = None,
-               epochs: int | None = None, fingerprint="auto") -> Study:
+               epochs: int | None = None, *, fingerprint) -> Study:
     """Load and resolve a study file; command-line overrides win over the file.
 
-    The data's content key goes into every experiment id (pass fingerprint=None to skip
-    reading the data, e.g. to validate a config on a machine without it)."""
-    if fingerprint == "auto":
-        from .data import fingerprint
+    The data's content key goes into every experiment id: pass `data.fingerprint` (the data
+    layer reads the data; this one only records), or None to skip reading the data, e.g. to
+    validate a config on a machine without it (ids then follow the source as typed)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found; studies ship in configs/ "
@@ -390,9 +393,9 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
         d = _merge_experiment(ctx, where, base, table)
         if epochs is not None:
             d["epochs"] = epochs
+            # a regime's head phase shrinks to fit (gradual with --epochs 1 keeps only its
+            # all-layer phase, and says so in its description)
             d["gradual_head_epochs"] = min(d["gradual_head_epochs"], max(epochs - 1, 0))
-            if d["regime"] == "gradual" and epochs < 2:
-                d["regime"] = "full"  # one epoch leaves no room for two phases
         experiments.append(_build(ctx, where, d, dspec))
     _check_unique(ctx, experiments)
     externals = [_parse_external(ctx, i, t) for i, t in enumerate(raw.get("external", []))]

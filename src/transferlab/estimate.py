@@ -6,6 +6,10 @@ training at 224 px, scaling with pixel count), which is only a guide.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
+from . import regimes
+
 INFER_224, TRAIN_224, BASELINE_TRAIN = 45.0, 15.0, 400.0
 
 
@@ -13,10 +17,15 @@ def _speed(base: float, res: int) -> float:
     return base * min((224 / max(res, 1)) ** 2, 12.0)
 
 
+def _cost_key(spec) -> tuple:
+    """What a training step's cost depends on: the model, its input, and (the registry says)
+    whether the backbone gets gradients in the regime's main phase."""
+    return spec.model, spec.resolution, regimes.phase_at(spec, None).trains == regimes.HEAD
+
+
 def _measured(store, spec) -> float | None:
     for cfg, speed in store.throughputs():
-        if (cfg["model"], cfg["resolution"], cfg["regime"] == "linear") == \
-                (spec.model, spec.resolution, spec.regime == "linear") and speed:
+        if speed and _cost_key(SimpleNamespace(**cfg)) == _cost_key(spec):
             return float(speed)
     return None
 

@@ -10,52 +10,68 @@ from pathlib import Path
 
 import torch
 
-from . import dist, hardware, kernels, models, regimes
+from . import dist, evaluate, hardware, kernels, models, probe, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .data import Splits, stratified_sample
 from .errors import ExperimentFailed, UserError
-from .features import cached_features, fit_heads, fold_standardisation, probe_views
 from .hardware import Choice
-from .train import Evaluation, Shards, Trainer, describe_optimizer, evaluate_views
+from .optim import describe_optimizer
+from .record import Description
+from .train import Shards, Trainer
 from .util import PeakMemory, atomic_save, environment, eval_batch, safe_load, seed_everything
 
 
+def _fit_text(spec: ExperimentSpec) -> str:
+    """How each phase is fitted, in order, in words."""
+    words = []
+    for p in regimes.phases(spec):
+        w = ("cached features, weight decay chosen on validation from "
+             f"{list(spec.probe_wd)}" if p.on_features(spec) else "backprop through the network")
+        if not words or words[-1] != w:
+            words.append(w)
+    return ", then ".join(words)
+
+
+def _phase_rows(spec: ExperimentSpec, names: list[str]) -> list[dict]:
+    return [{"phase": p.name, "trained": regimes.trained_groups(spec, names, i),
+             "epochs": p.epochs(spec), "lr_scale": p.lr_scale(spec),
+             "fit": "cached features" if p.on_features(spec) else "backprop"}
+            for i, p in enumerate(regimes.phases(spec))]
+
+
 def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
-             choices: dict[str, Choice], resolution: int, splits: Splits, device) -> dict:
+             choices: dict[str, Choice], resolution: int, splits: Splits, device) -> Description:
     groups = regimes.group_map(net)
     optimizer = describe_optimizer(spec)
     if spec.uses_features:
         optimizer["weight_decay"] = f"chosen on validation from {list(spec.probe_wd)}"
-    return {
-        "name": spec.name, "model": spec.model, "arch": net.info.arch, "family": net.info.family,
-        "init": net.info.init, "weights": spec.weights,
-        "normalization": {"mean": list(net.info.mean), "std": list(net.info.std)},
-        "old_head": net.info.old_head, "new_head": net.info.new_head,
-        "modified_layers": plan.modified_layers, "regime": spec.regime,
-        "regime_description": plan.description,
-        "groups": [{"group": g, "params": sum(p.numel() for p in ps),
-                    "trained": g in plan.trained} for g, ps in groups],
-        "trained_params": plan.trained_params, "frozen_params": plan.frozen_params,
-        "optimizer": optimizer,
-        "schedule": {"name": spec.schedule, "warmup_epochs": spec.warmup_epochs,
-                     "layer_decay": spec.layer_decay},
-        "epochs": spec.epochs, "batch_size": spec.batch_size, "resolution": resolution,
-        "decoded_side": splits.image_size,  # the uint8 cache's side: `predict` resizes new images to it
-        "augment": spec.augment, "label_smoothing": spec.label_smoothing,
-        "precision": precision_text(spec.precision, choices),
-        "numerics": {k: c.record() for k, c in choices.items()},
-        "channels_last": spec.channels_last,
-        "compile": spec.compile, "tta": spec.tta, "seed": spec.seed,
-        "fit": ("cached features, weight decay chosen on validation from "
-                f"{list(spec.probe_wd)}" if spec.uses_features else "backprop through the network"),
-        "head": {"kind": spec.head.kind, "hidden": list(spec.head.hidden),
-                 "dropout": spec.head.dropout},
-        "gradual": ({"head_epochs": spec.gradual_head_epochs, "lr_scale": spec.gradual_lr_scale}
-                    if spec.regime == "gradual" else None),
-        "data": splits.description, "classes": splits.classes,
-        "split_sizes": {k: len(v) for k, v in splits.y.items()}, "device": str(device),
-    }
+    summary = regimes.get(spec.regime).summary
+    return Description(
+        name=spec.name, model=spec.model, arch=net.info.arch, family=net.info.family,
+        init=net.info.init, weights=spec.weights,
+        normalization={"mean": list(net.info.mean), "std": list(net.info.std)},
+        old_head=net.info.old_head, new_head=net.info.new_head,
+        modified_layers=plan.modified_layers, regime=spec.regime,
+        regime_description=plan.description,
+        groups=[{"group": g, "params": sum(p.numel() for p in ps),
+                 "trained": g in plan.trained} for g, ps in groups],
+        trained_params=plan.trained_params, frozen_params=plan.frozen_params,
+        optimizer=optimizer,
+        schedule={"name": spec.schedule, "warmup_epochs": spec.warmup_epochs,
+                  "layer_decay": spec.layer_decay},
+        epochs=spec.epochs, batch_size=spec.batch_size, resolution=resolution,
+        decoded_side=splits.image_size,  # the uint8 cache's side: `predict` resizes new images to it
+        augment=spec.augment, label_smoothing=spec.label_smoothing,
+        precision=precision_text(spec.precision, choices),
+        numerics={k: c.record() for k, c in choices.items()},
+        channels_last=spec.channels_last, compile=spec.compile, tta=spec.tta, seed=spec.seed,
+        fit=_fit_text(spec),
+        head={"kind": spec.head.kind, "hidden": list(spec.head.hidden), "dropout": spec.head.dropout},
+        regime_settings=summary(spec) if summary else None,
+        phases=_phase_rows(spec, [g for g, _ in groups]),
+        data=splits.description, classes=splits.classes,
+        split_sizes={k: len(v) for k, v in splits.y.items()}, device=str(device))
 
 
 def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
@@ -67,7 +83,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     peak = PeakMemory(device)  # this experiment's own peak, not the process's so far
     seed_everything(spec.seed)
     net = models.build(spec, splits.num_classes)
-    plan = regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
+    plan = regimes.apply(net, spec, phase=0)  # the first phase (the trainer moves on)
     net = net.to(device)
     if spec.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -76,25 +92,20 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
                     spec.channels_last)
     choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt")
     details = describe(spec, net, plan, choices, resolution, splits, device)
-    record_details(details)
-    from .report import format_details
-    for line in format_details(details):
+    record_details(details.as_dict())
+    for line in details.lines():
         say(line)
     for c in choices.values():
         say(f"  numerics       : {c.line()}")
-    if spec.uses_features:
-        result = _probe(spec, net, pipe, splits, feature_dir, choices["extract"].numerics,
-                        record_epoch, say)
-    else:
-        result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
+    result = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=peak.stop())
     # per test image, in split order: what `transferlab predict` is checked against
     result["extra"]["test_predictions"] = result.pop("test_predictions", None)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
-        details["optimizer"]["weight_decay"] = result["extra"]["chosen_wd"]
-        details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)
-        record_details(details)
+        details.optimizer["weight_decay"] = result["extra"]["chosen_wd"]
+        details.optimizer["weight_decay_candidates"] = list(spec.probe_wd)
+        record_details(details.as_dict())
     if dist.rank() == 0:
         atomic_save(net.state_dict(), exp_dir / "model.pt")  # the checkpoint goes once the store has the result
     say(f"  test accuracy {result['test_acc']:.2%}"
@@ -106,7 +117,9 @@ def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, devi
                     checkpoint: Path) -> dict[str, Choice]:
     """Precision and fast paths per kind of work, decided on rank 0 and shared with the others.
     A resumed run keeps what its checkpoint ran with, so it stays bit-identical."""
-    kinds = {"extract": net.backbone} if spec.uses_features else {"train": net, "eval": net}
+    kinds = {"extract": net.backbone} if any(p.on_features(spec) for p in regimes.phases(spec)) else {}
+    if not spec.uses_features:
+        kinds.update(train=net, eval=net)
     batches = {"train": spec.batch_size}
     model_key = f"{spec.model}|{spec.regime}|{spec.head.kind}"  # what the step's cost depends on
     choices: dict | str = {}
@@ -147,10 +160,23 @@ def precision_text(setting: str, choices: dict[str, Choice]) -> str:
     return f"{ran} (precision = \"{setting}\")"
 
 
-def _scores(ev: Evaluation, ev_plain: Evaluation, ncls: int) -> dict:
-    return {"test_acc": ev.acc, "test_acc_no_tta": ev_plain.acc,
-            "per_class": ev.per_class(ncls), "confusion": ev.confusion(ncls),
-            "test_predictions": ev.preds.tolist()}
+def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say) -> dict:
+    """The regime's phases in order: a head on cached features first where the regime has
+    such a phase (the probe), then the backprop phases (the trainer) from that head."""
+    phases = regimes.phases(spec)
+    cached = [p for p in phases if p.on_features(spec)]
+    probed = None
+    if cached:
+        probed = probe.fit(spec, net, pipe, splits, feature_dir, choices["extract"].numerics,
+                           record_epoch, say, epochs=sum(p.epochs(spec) for p in cached))
+    if len(cached) == len(phases):
+        return probed
+    result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
+    if probed is not None:  # what the probe phase chose, kept beside the fine-tuned result
+        keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice")
+        result["extra"]["probe"] = {"val_acc": probed["val_acc"], "test_acc": probed["test_acc"],
+                                    **{k: probed["extra"][k] for k in keep}}
+    return result
 
 
 def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say) -> dict:
@@ -171,71 +197,11 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     amp = lambda: choices["eval"].numerics.autocast(device)  # noqa: E731
     batch = eval_batch(spec.batch_size, device)
     x, y = splits.x["test"], splits.y["test"]
-    ev_plain, ev = evaluate_views(net, pipe, x, y, batch, amp, spec.tta)
-    out = _scores(ev, ev_plain, splits.num_classes)
+    ev_plain, ev = evaluate.on_images(net, pipe, x, y, batch, amp, spec.tta)
+    out = evaluate.scores(ev, ev_plain, splits.num_classes)
     out.update(val_acc=fit.best_val, best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
                extra={"fit": "backprop"})
     return out
-
-
-def _probe(spec, net, pipe, splits, feature_dir, numerics, record_epoch, say) -> dict:
-    views = probe_views(spec)
-    if not len(splits.y["val"]):
-        views.pop("val")
-    if dist.rank() != 0:  # rank 0 extracts and caches the features; the others read them
-        dist.barrier()
-    fs = cached_features(spec, net, pipe, splits.x, feature_dir, numerics, views, say)
-    if dist.rank() == 0 and dist.world() > 1:
-        dist.barrier()
-    if fs.extracted == 0:
-        say("  features: all read from the cache (no backbone forward needed)")
-    train_f = torch.cat([fs.feats["train", v] for v in views["train"]])
-    train_y = splits.y["train"].repeat(len(views["train"]))
-    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
-    norm = lambda f: (f - mean) / std  # noqa: E731
-    val_f = [norm(fs.feats["val", v]) for v in views.get("val", [])]
-    val_y = splits.y["val"]
-    t0 = time.perf_counter()
-    wds = list(spec.probe_wd) if len(val_y) else [spec.optimizer.weight_decay]
-    sweep, best = [], None
-    fits = fit_heads(spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f,
-                     val_y, wds)
-    for wd, (head, hist) in zip(wds, fits):
-        acc = hist[-1].get("val_acc")
-        sweep.append({"weight_decay": wd, "val_acc": acc})
-        say(f"  probe weight decay {wd:g}: val acc "
-            + (f"{acc:.2%}" if acc is not None else "n/a (no validation split)"))
-        if best is None or (acc is not None and acc > best[0]):
-            best = (acc if acc is not None else -1.0, wd, head, hist)
-    best_acc, best_wd, head, hist = best
-    for row in hist:
-        record_epoch(row)
-    from .train import format_epoch
-    say(f"  chosen on validation: weight decay {best_wd:g}; its epochs:")
-    for row in hist:
-        say(format_epoch(row, spec.epochs))
-    fold_standardisation(head, mean, std)
-    net.head.load_state_dict(head.state_dict())
-    test = {v: fs.feats["test", v] for v in views["test"]}
-    y = splits.y["test"]
-    ev_plain = _probe_eval(net.head, [test["plain"]], y)
-    ev = _probe_eval(net.head, list(test.values()), y) if spec.tta else ev_plain
-    out = _scores(ev, ev_plain, splits.num_classes)
-    out.update(val_acc=best_acc if len(val_y) else None, best_epoch=spec.epochs,
-               train_seconds=fs.seconds + time.perf_counter() - t0,
-               extra={"fit": "cached features", "probe_sweep": sweep, "chosen_wd": best_wd,
-                      "feature_seconds": fs.seconds, "features_extracted": fs.extracted,
-                      "feature_extraction": fs.mode})
-    return out
-
-
-@torch.no_grad()
-def _probe_eval(head, feats: list, y) -> Evaluation:
-    head.eval()
-    logits = sum(head(f) for f in feats) / len(feats)
-    preds = logits.argmax(1)
-    loss = float(torch.nn.functional.cross_entropy(logits, y))
-    return Evaluation(float((preds == y).float().mean()), loss, preds, y)
 
 
 def env_record(device) -> dict:

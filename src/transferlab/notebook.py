@@ -106,9 +106,11 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     from nbclient.exceptions import CellExecutionError
 
     from .config import load_study
+    from .data import fingerprint
 
     config = Path(config)
-    study = load_study(config, data=data, subset=subset, epochs=epochs)  # fails early, names files
+    study = load_study(config, data=data, subset=subset, epochs=epochs,  # fails early, names files
+                       fingerprint=fingerprint)
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     src = Path(notebook) if notebook else notebook_path()

@@ -3,40 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import record
 from .store import Store
 
 
 def format_details(d: dict) -> list[str]:
     """The block printed before an experiment trains and by `transferlab show`."""
-    o = d["optimizer"]
-    opt = ", ".join(f"{k}={v}" for k, v in o.items() if k != "name")
-    groups = ", ".join(f"{g['group']}({g['params'] / 1e6:.2f}M {'train' if g['trained'] else 'frozen'})"
-                       for g in d["groups"])
-    s = d["schedule"]
-    sched = f"{s['name']}, warmup {s['warmup_epochs']} epoch(s)"
-    if s.get("layer_decay", 1) < 1:
-        sched += f", layer-wise LR decay {s['layer_decay']}"
-    lines = [
-        f"  model          : {d['arch']} ({d['family']})",
-        f"  initialisation : {d['init']}",
-        f"  normalisation  : mean {d['normalization']['mean']}, std {d['normalization']['std']}",
-        f"  modified layers: {d['modified_layers']}",
-        f"  regime         : {d['regime']}: {d['regime_description']}",
-        f"  layer groups   : {groups}",
-        f"  parameters     : {d['trained_params']:,} trained, {d['frozen_params']:,} frozen",
-        f"  optimiser      : {o['name']} ({opt})",
-        f"  schedule       : {sched}",
-        f"  training       : {d['epochs']} epochs, batch {d['batch_size']}, resolution "
-        f"{d['resolution']}px, augmentation {d['augment']}, label smoothing {d['label_smoothing']}",
-        f"  fit            : {d['fit']}",
-        f"  numerics       : {d['precision']}, channels_last {d['channels_last']}, compile "
-        f"{d['compile']}, flip TTA {d['tta']}, seed {d['seed']}, device {d['device']}",
-        f"  data           : {d['data']}; " + ", ".join(f"{k} {v}" for k, v in d["split_sizes"].items()),
-    ]
-    if d.get("gradual"):
-        lines.insert(5, f"  gradual        : head only for {d['gradual']['head_epochs']} epoch(s), "
-                        f"then all layers at {d['gradual']['lr_scale']}x LR")
-    return lines
+    return record.format_details(d)
 
 
 @dataclass

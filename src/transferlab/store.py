@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ClaimLost, UserError
+from .record import EPOCH_COLUMNS, RESULT_COLUMNS, RESULT_JSON, Result
 
 SCHEMA_VERSION = 3  # 2: experiments.token (fenced claims); 3: study_runs (every override set)
 LEASE_SECONDS = 120.0  # default; TRANSFERLAB_LEASE_SECONDS overrides it (tests use a short one)
@@ -60,13 +61,11 @@ CREATE TABLE IF NOT EXISTS study_runs (
     name TEXT NOT NULL, overrides TEXT NOT NULL, members TEXT NOT NULL, updated {real} NOT NULL,
     PRIMARY KEY (name, overrides));
 """
-COLUMNS = {
+COLUMNS = {  # epoch and result columns are the typed records' fields (record.py)
     "experiments": ["id", "name", "status", "reason", "config", "details", "owner", "heartbeat",
                     "attempts", "created", "updated", "token"],
-    "epochs": ["exp_id", "epoch", "phase", "train_loss", "train_acc", "val_acc", "val_loss", "lr",
-               "seconds", "img_per_s"],
-    "results": ["exp_id", "val_acc", "test_acc", "test_acc_no_tta", "per_class", "confusion",
-                "classes", "best_epoch", "train_seconds", "total_seconds", "peak_mem_mb", "extra"],
+    "epochs": ["exp_id", *EPOCH_COLUMNS],
+    "results": ["exp_id", *RESULT_COLUMNS],
     "environment": ["exp_id", "info"],
     "studies": ["name", "config_path", "overrides", "members", "externals", "updated"],
 }
@@ -487,11 +486,9 @@ class Store:
             self._x("DELETE FROM epochs WHERE exp_id=? AND epoch>?", (exp_id, after))
 
     def finish(self, exp_id: str, result: dict, env: dict) -> None:
-        decoded = ("per_class", "confusion", "classes")
-        row = {c: json.dumps(result.get(c)) if c in decoded else result.get(c)
-               for c in COLUMNS["results"][1:]}
-        row.update(exp_id=exp_id, test_acc=result["test_acc"],
-                   extra=json.dumps(result.get("extra", {})))
+        res = Result.from_dict(result).as_dict()  # a result without test_acc fails here
+        row = {c: json.dumps(res[c]) if c in RESULT_JSON else res[c] for c in RESULT_COLUMNS}
+        row["exp_id"] = exp_id
         with self.tx():
             self._fence(exp_id)
             self._upsert("results", row)
@@ -511,9 +508,14 @@ class Store:
         if r is None:
             return None
         d = dict(r)
-        for k in ("per_class", "confusion", "classes", "extra"):
+        for k in RESULT_JSON:
             d[k] = json.loads(d[k]) if d[k] else None
         return d
+
+    def result_record(self, exp_id: str) -> Result | None:
+        """The typed result of a finished experiment."""
+        d = self.result(exp_id)
+        return None if d is None else Result.from_dict({**d, "extra": d["extra"] or {}})
 
     def environment(self, exp_id: str) -> dict | None:
         r = self._x("SELECT info FROM environment WHERE exp_id=?", (exp_id,)).fetchone()

@@ -1,4 +1,4 @@
-"""The training loop over in-memory tensors, evaluation with flip TTA, checkpoint and resume.
+"""The backprop fit: the training loop over in-memory tensors, checkpoint and resume.
 
 One epoch: a seeded permutation of the training images, batches augmented on the device,
 autocast where it pays off, the LR set per step from the schedule, then validation and an
@@ -17,98 +17,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dist, hardware, regimes
+from . import dist, evaluate, hardware, optim, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .errors import ClaimLost, ExperimentFailed
+from .evaluate import Evaluation  # noqa: F401  (re-exported)
 from .hardware import Numerics
+from .optim import describe_optimizer, lr_factor, make_optimizer  # noqa: F401  (re-exported)
+from .record import format_epoch  # noqa: F401  (re-exported)
 from .util import atomic_save, eval_batch, progress, safe_load
 
 
-# ------------------------------------------------------------------ schedule and optimiser
-
-def lr_factor(spec: ExperimentSpec, step: int, total: int, steps_per_epoch: int) -> float:
-    warm = int(spec.warmup_epochs * steps_per_epoch)
-    if spec.schedule == "onecycle":
-        warm = warm or max(1, int(0.15 * total))
-    if warm and step < warm:
-        return (step + 1) / warm
-    if spec.schedule == "constant":
-        return 1.0
-    progress = (step - warm) / max(1, total - warm)
-    if spec.schedule == "onecycle":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-def make_optimizer(groups: list[dict], spec: ExperimentSpec) -> torch.optim.Optimizer:
-    o = spec.optimizer
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum,
-                               nesterov=o.nesterov and o.momentum > 0)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
-
-
-def describe_optimizer(spec: ExperimentSpec) -> dict:
-    o = spec.optimizer
-    d = {"name": o.name, "lr": o.lr, "weight_decay": o.weight_decay,
-         "weight_decay_on_norms_and_biases": False}
-    if o.name == "sgd":
-        d.update(momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
-    else:
-        d.update(betas=list(o.betas), eps=o.eps)
-    return d
-
-
-# ------------------------------------------------------------------ evaluation
-
-@dataclass
-class Evaluation:
-    acc: float
-    loss: float
-    preds: torch.Tensor
-    targets: torch.Tensor
-
-    def per_class(self, num_classes: int) -> list[float]:
-        out = []
-        for c in range(num_classes):
-            m = self.targets == c
-            out.append(float((self.preds[m] == c).float().mean()) if m.any() else float("nan"))
-        return out
-
-    def confusion(self, num_classes: int) -> list[list[int]]:
-        idx = self.targets * num_classes + self.preds
-        return torch.bincount(idx, minlength=num_classes ** 2).view(num_classes, num_classes).tolist()
-
-
-def _evaluation(logits: torch.Tensor, y: torch.Tensor) -> Evaluation:
-    loss = float(F.cross_entropy(logits, y)) if len(y) else float("nan")
-    preds = logits.argmax(1)
-    acc = float((preds == y).float().mean()) if len(y) else float("nan")
-    return Evaluation(acc, loss, preds, y)
-
-
-@torch.inference_mode()
-def evaluate_views(net: nn.Module, pipe: Pipeline, x: torch.Tensor, y: torch.Tensor,
-                   batch: int, amp, tta: bool) -> tuple[Evaluation, Evaluation]:
-    """(plain, flip-TTA) scores from one pass over the images; TTA equals plain if off."""
-    net.eval()
-    plain, both = [], []
-    for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
-        with amp():
-            out = net(pipe.eval(xb)).float()
-            plain.append(out.cpu())
-            if tta:
-                both.append(((out + net(pipe.eval(xb, flip=True)).float()) / 2).cpu())
-    plain_logits = torch.cat(plain) if plain else torch.empty(0, 1)
-    ev_plain = _evaluation(plain_logits, y)
-    return ev_plain, (_evaluation(torch.cat(both), y) if tta and both else ev_plain)
-
-
-def evaluate(net: nn.Module, pipe: Pipeline, x: torch.Tensor, y: torch.Tensor, batch: int,
-             amp, tta: bool) -> Evaluation:
-    return evaluate_views(net, pipe, x, y, batch, amp, tta)[1]
+def evaluate_views(net: nn.Module, pipe: Pipeline, x, y, batch: int, amp, tta: bool):
+    """(plain, flip-TTA) scores; see evaluate.on_images."""
+    return evaluate.on_images(net, pipe, x, y, batch, amp, tta)
 
 
 # ------------------------------------------------------------------ the loop
@@ -158,33 +80,52 @@ class Trainer:
                  say: Callable[[str], None], eval_numerics: Numerics | None = None):
         self.net, self.spec, self.pipe, self.device = net, spec, pipe, device
         self.numerics, self.eval_numerics = numerics, eval_numerics or numerics
-        self.amp = lambda: numerics.autocast(device)
-        self.eval_amp = lambda: self.eval_numerics.autocast(device)
+        self.amp = optim.autocast(numerics, device)
+        self.eval_amp = optim.autocast(self.eval_numerics, device)
         self.scaler = hardware.grad_scaler(device, numerics)
         self.checkpoint, self.on_epoch, self.say = checkpoint, on_epoch, say
+        # the regime's backprop phases run here, one after another (a cached-feature phase
+        # before them, e.g. lp-ft's probe, was fitted by the probe; its rows come first)
+        phases = regimes.phases(spec)
+        self.stages = [(i, p) for i, p in enumerate(phases) if not p.on_features(spec)]
+        self.epochs = sum(p.epochs(spec) for _, p in self.stages)
+        self.offset = sum(p.epochs(spec) for p in phases if p.on_features(spec))
+        self.phase = self._phase_at(0)
+        regimes.apply(net, spec, self.phase)
         self.model = dist.wrap(net, device)
-        self.phase = 0 if spec.regime == "gradual" else 1
-        self.opt = make_optimizer(regimes.param_groups(net, spec), spec)
+        self.opt = make_optimizer(optim.param_groups(net, spec), spec)
         self.history: list[dict] = []  # every epoch row so far, resumed ones included
 
+    def _phase_at(self, epoch: int) -> int:
+        """The regime phase index that trains in this (trainer-local) epoch."""
+        end = 0
+        for i, p in self.stages:
+            end += p.epochs(self.spec)
+            if epoch < end:
+                return i
+        return self.stages[-1][0]
+
     def _phase_scale(self) -> float:
-        return self.spec.gradual_lr_scale if self.spec.regime == "gradual" and self.phase == 1 else 1.0
+        return regimes.phases(self.spec)[self.phase].lr_scale(self.spec)
 
     def _maybe_unfreeze(self, epoch: int) -> None:
-        if self.spec.regime == "gradual" and self.phase == 0 and epoch >= self.spec.gradual_head_epochs:
-            self.phase = 1
-            regimes.apply(self.net, self.spec, phase=1)
+        target = self._phase_at(epoch)
+        if target != self.phase:
+            self.phase = target
+            plan = regimes.apply(self.net, self.spec, phase=target)
             self.model = dist.wrap(self.net, self.device)  # DDP must see the new trainable set
-            self.say(f"  epoch {epoch + 1}: unfreezing every layer at "
-                     f"{self.spec.gradual_lr_scale}x the learning rate")
+            what = "every layer" if not plan.frozen else ", ".join(plan.trained)
+            self.say(f"  epoch {self.offset + epoch + 1}: unfreezing {what} at "
+                     f"{self._phase_scale()}x the learning rate")
 
     def _resume(self) -> tuple[int, dict]:
         if not self.checkpoint.exists():
             return 0, {"best_val": -1.0, "best_epoch": -1, "best_state": None, "seconds": 0.0}
         ck = safe_load(self.checkpoint)
-        self.phase = ck.get("phase", self.phase)
-        if self.phase == 1 and self.spec.regime == "gradual":
-            regimes.apply(self.net, self.spec, phase=1)
+        phase = ck.get("phase", self.phase)
+        if phase != self.phase:
+            self.phase = phase
+            regimes.apply(self.net, self.spec, phase=phase)
             self.model = dist.wrap(self.net, self.device)
         self.net.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
@@ -204,26 +145,27 @@ class Trainer:
         if shards.padded:
             self.say(f"  {world} processes: each epoch's last step is padded with "
                      f"{shards.padded} repeated image(s) so every process takes {shards.steps} steps")
-        total = shards.steps * spec.epochs
+        total = shards.steps * self.epochs
         start, track = self._resume()
         history = []
-        for epoch in range(start, spec.epochs):
+        for epoch in range(start, self.epochs):
             self._maybe_unfreeze(epoch)
             t0 = time.perf_counter()
             loss_sum, correct, seen = self._train_epoch(x["train"], y["train"], epoch, shards,
                                                         total, world, rank)
             seconds = time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "phase": "head" if self.phase == 0 else "all",
+            row = {"epoch": self.offset + epoch + 1,
+                   "phase": regimes.phases(spec)[self.phase].name,
                    "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
                    "lr": self.opt.param_groups[-1]["lr"], "seconds": seconds,
                    "img_per_s": seen * world / seconds}
             if len(y["val"]):
-                ev = evaluate(self.net, self.pipe, x["val"], y["val"],
-                              eval_batch(spec.batch_size, self.device),
-                              self.eval_amp, tta=False)
+                _, ev = evaluate.on_images(self.net, self.pipe, x["val"], y["val"],
+                                           eval_batch(spec.batch_size, self.device),
+                                           self.eval_amp, tta=False)
                 row.update(val_acc=ev.acc, val_loss=ev.loss)
                 if ev.acc > track["best_val"]:
-                    track.update(best_val=ev.acc, best_epoch=epoch + 1,
+                    track.update(best_val=ev.acc, best_epoch=self.offset + epoch + 1,
                                  best_state=_cpu_state(self.net))
             track["seconds"] += seconds
             history.append(row)
@@ -240,9 +182,9 @@ class Trainer:
                 lost = dist.broadcast(lost)
             if lost:
                 raise ClaimLost(lost)
-            self.say(format_epoch(row, spec.epochs))
+            self.say(format_epoch(row, self.offset + self.epochs))
         if track["best_state"] is None:
-            track.update(best_state=_cpu_state(self.net), best_epoch=spec.epochs)
+            track.update(best_state=_cpu_state(self.net), best_epoch=self.offset + self.epochs)
         best_val = track["best_val"] if track["best_val"] >= 0 else None
         return FitResult(track["best_epoch"], best_val, track["best_state"], track["seconds"],
                          history)
@@ -254,14 +196,13 @@ class Trainer:
         regimes.set_train_mode(net)
         loss_sum, correct, seen = 0.0, 0, 0
         steps = shards.steps
-        bar = progress(steps, f"epoch {epoch + 1}/{spec.epochs}") if rank == 0 else None
+        bar = progress(steps, f"epoch {self.offset + epoch + 1}/{self.offset + self.epochs}") \
+            if rank == 0 else None
         for i in range(steps):
             if bar is not None:
                 bar.update(1)
             idx = shards.indices(perm, i, rank, world)
-            factor = lr_factor(spec, epoch * steps + i, total, steps) * self._phase_scale()
-            for g in self.opt.param_groups:
-                g["lr"] = spec.optimizer.lr * factor * g["lr_scale"]
+            optim.set_lr(self.opt, spec, epoch * steps + i, total, steps, self._phase_scale())
             xb = self.pipe.train(xtr[idx], gen)
             yb = ytr[idx].to(self.device, non_blocking=True)
             with self.amp():
@@ -296,10 +237,3 @@ class Trainer:
 
 def _cpu_state(net: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-
-
-def format_epoch(row: dict, epochs: int) -> str:
-    val = f"  val acc {row['val_acc']:.2%}" if row.get("val_acc") is not None else ""
-    return (f"  epoch {row['epoch']:>3}/{epochs}  train loss {row['train_loss']:.4f}  "
-            f"train acc {row['train_acc']:.2%}{val}  lr {row['lr']:.2e}  "
-            f"{row['seconds']:.1f}s  {row['img_per_s']:.0f} img/s")
