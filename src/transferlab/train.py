@@ -135,7 +135,7 @@ class Trainer:
         self.history = list(ck.get("history", []))
         for row in self.history:  # the store may lack the last row (killed between the two writes)
             self.on_epoch(row)
-        self.say(f"  resuming from checkpoint after epoch {ck['epoch']}")
+        self.say(f"  resuming from checkpoint after epoch {self.offset + ck['epoch']}")
         return ck["epoch"], ck["track"]
 
     def fit(self, x: dict, y: dict) -> FitResult:
