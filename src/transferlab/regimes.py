@@ -136,6 +136,20 @@ register(Regime(
     summary=lambda s: {"head_epochs": s.gradual_head_epochs, "lr_scale": s.gradual_lr_scale}))
 
 
+def _lpft_text(spec, frozen) -> str:
+    how = ("a head fitted on cached backbone features, weight decay chosen on validation"
+           if phases(spec)[0].on_features(spec) else "the head alone trained through the frozen backbone")
+    return (f"LP-FT (Kumar et al., ICLR 2022): linear probe first ({how}, {spec.epochs} epoch(s)), "
+            f"then full fine-tuning of every layer from that probed head for {spec.epochs} "
+            "epoch(s), so the pretrained features are not distorted by a random head")
+
+
+register(Regime(
+    "lp-ft",
+    lambda s: (Phase("probe", HEAD, _all_epochs, cached=True), Phase(ALL, ALL, _all_epochs)),
+    _lpft_text, legend="lp-ft: зонд, затем вся сеть", layer_decay=True))
+
+
 # ------------------------------------------------------------------ questions about a spec
 
 def check(spec) -> str | None:

@@ -1,0 +1,129 @@
+"""LP-FT (Kumar et al., ICLR 2022): a linear probe on cached features, then full fine-tuning
+from that probed head. One registry entry in regimes.py; everything else is generic."""
+import shutil
+
+import pytest
+import torch
+
+from transferlab import probe, regimes
+from transferlab.config import parse_study
+from transferlab.errors import UserError
+from transferlab.store import Store
+from transferlab.train import Trainer
+
+from test_reliability import _state, by_name, main_in, q
+
+LPFT = """
+[study]
+name = "lpft"
+data = "synthetic:8"
+
+[defaults]
+epochs = 2
+batch_size = 8
+resolution = 32
+precision = "fp32"
+
+[[experiment]]
+name = "lpft"
+model = "efficientnet_lite0"
+regime = "lp-ft"
+optimizer = { name = "adamw", lr = 0.002 }
+probe_wd = [0.0, 0.001, 0.01]
+"""
+
+
+def _spec(**kw):
+    exp = {"name": "x", "model": "efficientnet_lite0", "regime": "lp-ft", **kw}
+    return parse_study({"study": {"data": "synthetic"}, "experiment": [exp]}).experiments[0]
+
+
+def test_registry_entry_probe_then_everything():
+    spec = _spec(epochs=3)
+    first, second = regimes.phases(spec)
+    assert first.trains == regimes.HEAD and first.on_features(spec) and first.epochs(spec) == 3
+    assert second.trains == regimes.ALL and not second.on_features(spec) and second.epochs(spec) == 3
+    assert not spec.uses_features  # the fine-tuning phase backprops through the network
+    assert regimes.pretrained(spec) and "LP-FT" in regimes.description(spec, [])
+    assert regimes.trained_groups(spec, ["stem", "stage1", "head"], 0) == ["head"]
+    assert regimes.trained_groups(spec, ["stem", "stage1", "head"], 1) == ["stem", "stage1", "head"]
+    # fit = "backprop": the probe phase trains the head through the frozen backbone instead
+    assert not regimes.phases(_spec(fit="backprop"))[0].on_features(_spec(fit="backprop"))
+
+
+def test_baseline_has_nothing_to_probe():
+    with pytest.raises(UserError, match="no pretrained weights"):
+        _spec(model="baseline")
+
+
+def test_lp_ft_end_to_end_fine_tunes_from_the_probed_head(tmp_path, monkeypatch, capsys):
+    (tmp_path / "s.toml").write_text(LPFT)
+    seen = {}
+    real_probe, real_fit = probe.fit, Trainer.fit
+
+    def spy_probe(spec, net, *a, **k):
+        out = real_probe(spec, net, *a, **k)
+        seen["probed"] = {k: v.clone() for k, v in net.head.state_dict().items()}
+        return out
+
+    def spy_fit(self, x, y):
+        seen["start"] = {k: v.clone() for k, v in self.net.head.state_dict().items()}
+        seen["trainable"] = all(p.requires_grad for p in self.net.backbone.parameters()
+                                if p.ndim > 1)
+        return real_fit(self, x, y)
+
+    monkeypatch.setattr(probe, "fit", spy_probe)
+    monkeypatch.setattr(Trainer, "fit", spy_fit)
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml")
+    assert rc == 0, out + err
+    assert all(torch.equal(seen["probed"][k], seen["start"][k]) for k in seen["probed"])
+    assert seen["trainable"]  # the fine-tuning phase trains the backbone too
+    db = tmp_path / "runs" / "transferlab.db"
+    rows = q(db, "SELECT epoch, phase FROM epochs ORDER BY epoch")
+    assert [r[0] for r in rows] == [1, 2, 3, 4]
+    assert rows[0][1].startswith("head wd=") and [r[1] for r in rows[2:]] == ["all", "all"]
+    store = Store(db, create=False)
+    exp_id = by_name(db)["lpft"]["id"]
+    res = store.result_record(exp_id)
+    assert res.extra["fit"] == "backprop" and res.extra["probe"]["chosen_wd"] is not None
+    assert res.extra["probe"]["epoch_choice"] == "last" and res.best_epoch in (3, 4)
+    assert "linear probe first" in out and "then backprop through the network" in out
+    assert "phases         : probe: head for 2 epoch(s) on cached features; then all:" in out
+    store.close()
+
+
+def test_interrupted_lp_ft_resumes_bitwise(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the first fine-tuning epoch: the rerun probes again (from the feature
+    cache) and resumes fine-tuning from the checkpoint, as if it had never stopped."""
+    runs = {}
+    for which in ("interrupted", "plain"):
+        runs[which] = tmp_path / which
+        runs[which].mkdir()
+        (runs[which] / "s.toml").write_text(LPFT)
+    real_add = Store.add_epoch
+
+    def ctrl_c_after_3(self, exp_id, row):
+        real_add(self, exp_id, row)
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "add_epoch", ctrl_c_after_3)
+    with pytest.raises(KeyboardInterrupt):
+        main_in(runs["interrupted"], monkeypatch, capsys, "run", "s.toml")
+    capsys.readouterr()
+    monkeypatch.setattr(Store, "add_epoch", real_add)
+    rc, out, err = main_in(runs["interrupted"], monkeypatch, capsys, "run", "s.toml")
+    assert rc == 0, out + err
+    assert "resuming from checkpoint after epoch 3" in out
+    (runs["plain"] / "data").mkdir(exist_ok=True)  # the same machine: the same measured numerics
+    shutil.copy(runs["interrupted"] / "data" / "numerics.json", runs["plain"] / "data")
+    rc, out, err = main_in(runs["plain"], monkeypatch, capsys, "run", "s.toml")
+    assert rc == 0, out + err
+    dbs = [runs[w] / "runs" / "transferlab.db" for w in ("interrupted", "plain")]
+    cols = "SELECT val_acc, test_acc, test_acc_no_tta, confusion, best_epoch FROM results"
+    assert q(dbs[0], cols) == q(dbs[1], cols)
+    rows = "SELECT epoch, phase, train_loss, train_acc, val_acc, lr FROM epochs ORDER BY epoch"
+    assert q(dbs[0], rows) == q(dbs[1], rows) and len(q(dbs[0], rows)) == 4
+    exp_id = by_name(dbs[0])["lpft"]["id"]
+    a, b = (_state(runs[w] / "runs" / "lpft" / exp_id / "model.pt") for w in ("interrupted", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
