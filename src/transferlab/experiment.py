@@ -104,7 +104,8 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     result["extra"]["test_predictions"] = result.pop("test_predictions", None)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
         details.optimizer["weight_decay"] = result["extra"]["chosen_wd"]
-        details.optimizer["weight_decay_candidates"] = list(spec.probe_wd)
+        details.optimizer["weight_decay_candidates"] = \
+            list(spec.probe_wd) + result["extra"]["wd_grid_extended"]
         record_details(details.as_dict())
     if dist.rank() == 0:
         atomic_save(net.state_dict(), exp_dir / "model.pt")  # the checkpoint goes once the store has the result

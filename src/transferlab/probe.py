@@ -20,7 +20,7 @@ from . import dist, evaluate, optim
 from .config import ExperimentSpec
 from .features import cached_features, probe_views
 from .net import make_head
-from .record import format_epoch
+from .record import EpochRow, format_epoch
 
 MAX_EXTENSIONS = 2  # extra weight decays tried beyond the edge of the configured grid
 EPOCH_CHOICE = "last"  # which epoch a probe reports: its last (validation picks the weight decay)
@@ -77,14 +77,13 @@ def _fit(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, wds, epochs)
             correct += hits
         seconds = time.perf_counter() - t0
         for j, (head, wd) in enumerate(zip(heads, wds)):
-            row = {"epoch": epoch + 1, "phase": f"head wd={wd:g}",
-                   "train_loss": float(loss_sum[j]) / n, "train_acc": float(correct[j]) / n,
-                   "lr": opt.param_groups[0]["lr"], "seconds": seconds / k,
-                   "img_per_s": n * k / seconds}
+            row = EpochRow(epoch + 1, f"head wd={wd:g}", train_loss=float(loss_sum[j]) / n,
+                           train_acc=float(correct[j]) / n, lr=opt.param_groups[0]["lr"],
+                           seconds=seconds / k, img_per_s=n * k / seconds)
             if len(val_y):
                 ev = evaluate.on_features(head, val_f, val_y)
-                row.update(val_acc=ev.acc, val_loss=ev.loss)
-            histories[j].append(row)
+                row.val_acc, row.val_loss = ev.acc, ev.loss
+            histories[j].append(row.as_dict())
     return list(zip(heads, histories))
 
 

@@ -24,7 +24,7 @@ from .errors import ClaimLost, ExperimentFailed
 from .evaluate import Evaluation  # noqa: F401  (re-exported)
 from .hardware import Numerics
 from .optim import describe_optimizer, lr_factor, make_optimizer  # noqa: F401  (re-exported)
-from .record import format_epoch  # noqa: F401  (re-exported)
+from .record import EpochRow, format_epoch  # noqa: F401  (format_epoch re-exported)
 from .util import atomic_save, eval_batch, progress, safe_load
 
 
@@ -154,20 +154,20 @@ class Trainer:
             loss_sum, correct, seen = self._train_epoch(x["train"], y["train"], epoch, shards,
                                                         total, world, rank)
             seconds = time.perf_counter() - t0
-            row = {"epoch": self.offset + epoch + 1,
-                   "phase": regimes.phases(spec)[self.phase].name,
-                   "train_loss": loss_sum / max(1, seen), "train_acc": correct / max(1, seen),
-                   "lr": self.opt.param_groups[-1]["lr"], "seconds": seconds,
-                   "img_per_s": seen * world / seconds}
+            row = EpochRow(self.offset + epoch + 1, regimes.phases(spec)[self.phase].name,
+                           train_loss=loss_sum / max(1, seen), train_acc=correct / max(1, seen),
+                           lr=self.opt.param_groups[-1]["lr"], seconds=seconds,
+                           img_per_s=seen * world / seconds)
             if len(y["val"]):
                 _, ev = evaluate.on_images(self.net, self.pipe, x["val"], y["val"],
                                            eval_batch(spec.batch_size, self.device),
                                            self.eval_amp, tta=False)
-                row.update(val_acc=ev.acc, val_loss=ev.loss)
+                row.val_acc, row.val_loss = ev.acc, ev.loss
                 if ev.acc > track["best_val"]:
                     track.update(best_val=ev.acc, best_epoch=self.offset + epoch + 1,
                                  best_state=_cpu_state(self.net))
             track["seconds"] += seconds
+            row = row.as_dict()
             history.append(row)
             self.history.append(row)
             lost = None
