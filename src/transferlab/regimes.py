@@ -14,7 +14,7 @@ against it), and reaches a network only through its attributes (`backbone`, `hea
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 HEAD, ALL = "head", "all"  # what a phase trains; or "last" (the regime's last K groups + head)
