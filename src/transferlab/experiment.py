@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import dist, evaluate, hardware, kernels, models, probe, regimes
+from . import dist, evaluate, hardware, kernels, models, optim, probe, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .data import Splits, stratified_sample
@@ -195,7 +195,7 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
                       eval_numerics=choices["eval"].numerics)
     fit = trainer.fit(splits.x, splits.y)
     net.load_state_dict(fit.state)
-    amp = lambda: choices["eval"].numerics.autocast(device)  # noqa: E731
+    amp = optim.autocast(choices["eval"].numerics, device)
     batch = eval_batch(spec.batch_size, device)
     x, y = splits.x["test"], splits.y["test"]
     ev_plain, ev = evaluate.on_images(net, pipe, x, y, batch, amp, spec.tta)

@@ -20,6 +20,7 @@ from .config import ExperimentSpec
 from .hardware import Numerics
 from .kernels import frozen_for_inference
 from .net import Net
+from .optim import autocast
 from .util import atomic_save, eval_batch, progress, safe_load
 
 
@@ -86,7 +87,7 @@ def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cac
                     numerics: Numerics, views: dict[str, list[str]], say) -> FeatureSet:
     feats, seconds, count = {}, 0.0, 0
     extractor = Extractor(net.backbone, pipe, eval_batch(spec.batch_size, pipe.device),
-                          lambda: numerics.autocast(pipe.device), allow_trace=numerics.fast_path)
+                          autocast(numerics, pipe.device), allow_trace=numerics.fast_path)
     number_format = "fp32" if numerics.dtype is None else str(numerics.dtype).split(".")[-1]
     for split, split_views in views.items():
         for view in split_views:
