@@ -91,6 +91,9 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
                   peak_mem_mb=peak.stop())
     # per test image, in split order: what `transferlab predict` is checked against
     result["extra"]["test_predictions"] = result.pop("test_predictions", None)
+    for key in ("val_acc_no_tta", "val_loss", "val_n"):  # the store keeps them with the extras
+        if key in result:
+            result["extra"][key] = result.pop(key)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
         details["optimizer"]["weight_decay"] = result["extra"]["chosen_wd"]
         details["optimizer"]["weight_decay_candidates"] = list(spec.probe_wd)
@@ -173,9 +176,20 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     x, y = splits.x["test"], splits.y["test"]
     ev_plain, ev = evaluate_views(net, pipe, x, y, batch, amp, spec.tta)
     out = _scores(ev, ev_plain, splits.num_classes)
-    out.update(val_acc=fit.best_val, best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
-               extra={"fit": "backprop"})
+    if len(splits.y["val"]):  # scored as the test split is (and as probes are): like for like
+        out.update(_val_scores(*evaluate_views(net, pipe, splits.x["val"], splits.y["val"],
+                                               batch, amp, spec.tta)))
+    out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
+               extra={"fit": "backprop", "epoch_choice": "the validation-best epoch"
+                      if len(splits.y["val"]) else "the last epoch (no validation split)"})
     return out
+
+
+def _val_scores(ev_plain: Evaluation, ev: Evaluation) -> dict:
+    """Validation as the final choice compares it: the views the test figure uses, its loss
+    (the tie-break) and its size (for the interval)."""
+    return {"val_acc": ev.acc, "val_acc_no_tta": ev_plain.acc, "val_loss": ev.loss,
+            "val_n": len(ev.targets)}
 
 
 def _probe(spec, net, pipe, splits, feature_dir, numerics, record_epoch, say) -> dict:
@@ -221,7 +235,11 @@ def _probe(spec, net, pipe, splits, feature_dir, numerics, record_epoch, say) ->
     ev_plain = _probe_eval(net.head, [test["plain"]], y)
     ev = _probe_eval(net.head, list(test.values()), y) if spec.tta else ev_plain
     out = _scores(ev, ev_plain, splits.num_classes)
-    out.update(val_acc=best_acc if len(val_y) else None, best_epoch=spec.epochs,
+    if len(val_y):  # the chosen head on validation, scored as backprop runs are
+        val = [fs.feats["val", v] for v in views["val"]]
+        out.update(_val_scores(_probe_eval(net.head, val[:1], val_y),
+                               _probe_eval(net.head, val, val_y)))
+    out.update(best_epoch=spec.epochs,
                train_seconds=fs.seconds + time.perf_counter() - t0,
                extra={"fit": "cached features", "probe_sweep": sweep, "chosen_wd": best_wd,
                       "feature_seconds": fs.seconds, "features_extracted": fs.extracted,
