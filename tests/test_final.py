@@ -47,7 +47,8 @@ def _report(cli, *args):
     return json.loads(out)
 
 
-def test_final_stage_trains_the_validation_choice_on_all_training_images(cli, final_config):
+def test_final_stage_trains_the_validation_choice_on_all_training_images(cli, final_config,
+                                                                       workdir):
     code, out, err = cli("run", final_config)
     assert code == 0, out + err
     rep = _report(cli, final_config)
@@ -76,6 +77,9 @@ def test_final_stage_trains_the_validation_choice_on_all_training_images(cli, fi
     assert code == 0 and "done: 0 ran, 3 already finished" in again
     code, text, _ = cli("report")  # from the store alone (no config): the final is found
     assert f"final model: final-{best['name']}" in text
+    from transferlab.trained import load, open_study  # predict and export hand on the final
+    trained = load(open_study(final_config, None, workdir / "runs" / "transferlab.db", {}))
+    assert trained.name == fin["name"] and trained.result["test_acc"] == fin["test_acc"]
 
 
 def test_final_waits_for_the_grid(cli, final_config):
