@@ -5,7 +5,7 @@ import torchvision.models as tvm
 
 from transferlab import models
 from transferlab.config import ExperimentSpec
-from transferlab.errors import UserError
+from transferlab.errors import UserError, WeightsUnavailable
 
 
 def _raise(exc):
@@ -15,6 +15,7 @@ def _raise(exc):
 
 
 def test_timm_error_that_is_not_a_download_is_reported_as_itself(monkeypatch):
+    monkeypatch.setattr(models, "reachable", lambda host: True)
     monkeypatch.setattr(timm, "create_model", _raise(TypeError("unexpected keyword 'drop'")))
     with pytest.raises(UserError) as err:
         models.build(ExperimentSpec(name="r", model="resnet18"), 10)
@@ -24,10 +25,38 @@ def test_timm_error_that_is_not_a_download_is_reported_as_itself(monkeypatch):
 
 
 def test_timm_download_failure_is_reported_as_one(monkeypatch):
+    monkeypatch.setattr(models, "reachable", lambda host: True)
     monkeypatch.setattr(timm, "create_model", _raise(ConnectionError("no route to host")))
-    with pytest.raises(UserError, match=r"cannot fetch ImageNet weights for timm model "
-                                        r"'resnet18'.*ConnectionError: no route"):
+    with pytest.raises(WeightsUnavailable, match=r"no ImageNet weights for timm model "
+                                                 r"'resnet18'.*ConnectionError: no route"):
         models.build(ExperimentSpec(name="r", model="resnet18"), 10)
+
+
+def test_unreachable_hub_is_known_at_once_without_timm_retrying(monkeypatch):
+    """Offline, timm's hub client retries for about a minute; a failed connection check (and
+    no cached file) ends it at once, with the command that fetches the weights."""
+    monkeypatch.setattr(models, "reachable", lambda host: False)
+    monkeypatch.setattr(models, "_hf_cached_file", lambda name: None)
+    monkeypatch.setattr(timm, "create_model", _raise(AssertionError("must not be called")))
+    with pytest.raises(WeightsUnavailable) as err:
+        models.build(ExperimentSpec(name="r", model="mobilenetv3_large_100"), 10)
+    msg = str(err.value)
+    assert "huggingface.co is unreachable" in msg and "timm/mobilenetv3_large_100" in msg
+    assert "timm.create_model('mobilenetv3_large_100', pretrained=True)" in msg
+
+
+def test_cached_hub_weights_are_used_offline(monkeypatch, tmp_path):
+    seen = {}
+
+    def create(name, pretrained=False, **kw):
+        seen.update(kw, pretrained=pretrained)
+        return real(name, pretrained=False)
+    real = timm.create_model
+    monkeypatch.setattr(models, "reachable", _raise(AssertionError("no network check needed")))
+    monkeypatch.setattr(models, "_hf_cached_file", lambda name: str(tmp_path / "w.safetensors"))
+    monkeypatch.setattr(timm, "create_model", create)
+    models.build(ExperimentSpec(name="r", model="resnet18"), 10)
+    assert seen["pretrained"] and seen["pretrained_cfg_overlay"] == {"file": str(tmp_path / "w.safetensors")}
 
 
 def test_torchvision_build_error_without_weights_names_the_real_error(monkeypatch):

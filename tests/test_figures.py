@@ -122,3 +122,19 @@ def test_other_figures():
 def test_html_table_escapes():
     out = figures.html_table(["a", "b"], [["<x>", 1]], align_right={1})
     assert "&lt;x&gt;" in out and "text-align:right" in out
+
+
+def test_skipped_model_keeps_its_slot_and_the_final_bar_is_marked():
+    rows = _rows()[:2] + [
+        Row("hub-linear", "idh", "skipped", "mobilenetv3_large_100", "linear", "64px", None,
+            None, None, reason="no ImageNet weights"),
+        Row("final-x", "idf", "done", "tf_efficientnet_lite0", "full", "96px", None, 0.9, 9.0,
+            final=True)]
+    bars = figures.bars_from_rows(rows)
+    skipped = [b for b in bars if b.skipped]
+    final = [b for b in bars if b.final]
+    assert len(bars) == 4 and len(skipped) == 1 and skipped[0].mean == 0
+    assert len(final) == 1 and final[0].label.startswith("ФИНАЛ") and final[0].mean == 90.0
+    fig = figures.accuracy_bar_chart(rows)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert any("нет весов" in t for t in texts) and "90.0" in texts

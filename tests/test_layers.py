@@ -18,7 +18,9 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     ("study", {"study", "estimate", "trained"}),
     ("experiment", {"experiment"}),
     ("fit", {"train", "probe"}),
-    ("views", {"report", "figures", "architecture", "tboard"}),
+    # views read records (and models): the final stage's choice and interval, tables,
+    # conclusions, Russian labels, figures, architecture views, TensorBoard curves
+    ("views", {"report", "final", "conclusions", "ru", "figures", "architecture", "tboard"}),
     ("parts", {"optim", "evaluate", "features"}),
     ("model", {"models", "net", "baseline"}),
     ("data", {"data", "augment", "sources"}),

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("status", "a table of the study"), ("report", "results and the best model")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
+        if name == "report":
+            p.add_argument("--json", action="store_true",
+                           help="print the table and the final model as JSON (for scripts)")
         _add_overrides(p)
     p = sub.add_parser("show", help="everything recorded about one experiment")
     p.add_argument("name")
@@ -151,13 +154,28 @@ def _members(args):
     if args.config:
         study = _load(args)
         store = Store(study.store, create=False)
-        return store, [(e.name, e.id) for e in study.experiments], \
-            [x.__dict__ for x in study.externals], study.name
+        members = [(e.name, e.id) for e in study.experiments]
+        if study.final is not None:  # the final experiment, once the grid has chosen it
+            from .final import plan
+            spec = plan(study, store).spec
+            if spec is not None and store.get(spec.id) is not None:
+                members.append((spec.name, spec.id))
+        return store, members, [x.__dict__ for x in study.externals], study.name
     store = Store(args.store or os.environ.get("TRANSFERLAB_STORE") or DEFAULT_STORE, create=False)
     st = store.study()
     if st is None:
         raise UserError(f"{store.path} holds no study yet; run one: transferlab run CONFIG")
     return store, st["members"], st["externals"], st["name"]
+
+
+def _split_final(store, members: list) -> tuple[list, dict | None]:
+    """(the grid's members, the final model described in full, if the study has one)."""
+    from .final import describe, stored
+    found = stored(store, members)
+    if found is None:
+        return members, None
+    return [m for m in members if m != tuple(found) and list(m) != list(found)], \
+        describe(store, found[1])
 
 
 def _flags(overrides: dict) -> str:
@@ -182,7 +200,7 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
         states = [row["status"] for i in ids if (row := store.get(i)) is not None]
         if not states:
             continue
-        counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "failed", "pending")
+        counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "running", "failed", "skipped", "pending")
                            if s in states)
         flags = _flags(run["overrides"])
         lines.append(f"  {flags or 'no overrides'}: {counts}  ->  transferlab {args.cmd} "
@@ -207,12 +225,16 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import best_row, best_summary, format_table, study_rows
+    from .report import best_row, best_summary, final_summary, format_table, report_json, study_rows
     store, members, externals, name = _members(args)
-    rows = study_rows(store, members, externals)
+    grid, final = _split_final(store, members)
+    rows = study_rows(store, grid, externals)
+    if args.json:
+        print(json.dumps(report_json(name, store, rows, final), indent=1, default=str))
+        return 0
     print(f"study {name} ({store.path})\n")
     print(format_table(rows))
-    for line in other_runs(args, store, name, members):
+    for line in other_runs(args, store, name, grid):
         print(line)
     best = best_row(rows)
     print()
@@ -220,6 +242,9 @@ def cmd_report(args) -> int:
         print("no finished experiment with a validation accuracy yet: nothing to choose from")
         return 0
     print("\n".join(best_summary(store, best)))
+    if final is not None:
+        print()
+        print("\n".join(final_summary(final)))
     return 0
 
 

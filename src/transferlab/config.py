@@ -118,6 +118,17 @@ class ExperimentSpec:
 
 
 @dataclass(frozen=True)
+class FinalSpec:
+    """[study.final]: after the grid, the configuration validation chose is trained again on
+    every training image (train + validation) with this budget; its test accuracy is the answer.
+    Declared before anything runs, so nothing about it can follow the test split."""
+    epochs: int = 0  # backprop fits; 0 = the chosen experiment's own (probes keep their head epochs)
+    resolution: int = 0  # 0 = the chosen experiment's own
+    batch_size: int = 0  # 0 = the chosen experiment's own
+    subset: int = 0  # train images per class for the final fit; 0 = all of them
+
+
+@dataclass(frozen=True)
 class ExternalResult:
     name: str
     test_acc: float
@@ -135,6 +146,7 @@ class Study:
     store: Path | str  # a SQLite file, or a postgresql:// URL
     runs_dir: Path
     tensorboard: Path | None = None  # TensorBoard event files per experiment go under it
+    final: FinalSpec | None = None  # [study.final], if the study has a final stage
 
     def use_store(self, path: str | Path) -> None:
         """Another store; for a SQLite file, checkpoints and feature caches move beside it (a
@@ -362,6 +374,8 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
             raise _unknown_key(ctx, "top level", key, allowed)
     st = raw.get("study", {})
     for key, value in st.items():
+        if key == "final":
+            continue
         if key not in _STUDY_KEYS:
             raise _unknown_key(ctx, "[study]", key, _STUDY_KEYS)
         want = _STUDY_KEYS[key]
@@ -406,7 +420,25 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
         base_dir / (where or str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
     return Study(name, Path(file) if file != "<config>" else None, dspec, experiments,
                  externals, store, runs_dir,
-                 tensorboard=base_dir / st["tensorboard"] if st.get("tensorboard") else None)
+                 tensorboard=base_dir / st["tensorboard"] if st.get("tensorboard") else None,
+                 final=_parse_final(ctx, st.get("final"), epochs))
+
+
+def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ctx.fail("[study]", "final must be a table: [study.final] with epochs, resolution, "
+                       "batch_size, subset")
+    merged = _merge_section(ctx, "[study.final]", FinalSpec, {}, table, "")
+    final = FinalSpec(**merged)
+    for key in ("epochs", "resolution", "batch_size", "subset"):
+        if getattr(final, key) < 0:
+            raise ctx.fail("[study.final]", f"{key} must be 0 (the chosen experiment's own) or "
+                           "positive")
+    if epochs_override is not None and final.epochs:  # --epochs caps every fit, the final's too
+        final = dataclasses.replace(final, epochs=epochs_override)
+    return final
 
 
 def _check_unique(ctx, experiments: list[ExperimentSpec]) -> None:

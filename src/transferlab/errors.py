@@ -16,3 +16,8 @@ class ExperimentFailed(Exception):
 class ClaimLost(Exception):
     """Another runner took over (or someone reset) this runner's claim on an experiment: the
     store refuses its writes, and the runner stops that experiment without marking it failed."""
+
+
+class WeightsUnavailable(UserError):
+    """Pretrained weights cannot be fetched here (no internet, nothing cached): the experiment
+    ends as skipped, with the reason and the command that fetches them, not as a failure."""

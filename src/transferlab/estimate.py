@@ -62,5 +62,29 @@ def dry_run(runner, specs, again: set = frozenset()) -> str:
             est = f"~{sec / 60:.1f} min"
         lines.append(f"  {s.name:<28} {status:<8} {s.model:<22} {s.regime:<8} {est}")
     head = f"study {runner.study.name}: {len(specs)} experiments"
+    if sizes and runner.study.final is not None:
+        sec, line = _final_line(runner, specs, sizes)
+        total += sec
+        lines.append(line)
     tail = f"rough total for what would run: ~{total / 60:.0f} min" if sizes else note
     return "\n".join([head, *lines, tail])
+
+
+def _final_line(runner, specs, sizes: dict) -> tuple[float, str]:
+    """The final stage retrains whichever configuration validation chooses: until the grid
+    has chosen, count the dearest candidate."""
+    import dataclasses
+    from .final import final_spec, plan
+    chosen = plan(runner.study, runner.store).spec
+    data = dataclasses.replace(runner.study.data, subset=runner.study.final.subset, val_fraction=0.0)
+    full = {k: len(v) for k, v in runner.splits(data).y.items()}
+    n_all = full["train"]
+    if chosen is not None:
+        row = runner.store.get(chosen.id)
+        status = row["status"] if row else "pending"
+        sec = 0.0 if status == "done" else estimate_seconds(chosen, full, runner.store)
+        return sec, f"  {chosen.name:<28} {status:<8} final stage   ~{sec / 60:.1f} min"
+    cands = [final_spec(s, runner.study.final, None) for s in specs]
+    sec = max((estimate_seconds(c, full, runner.store) for c in cands), default=0.0)
+    return sec, (f"  {'final (after the grid)':<28} {'pending':<8} the validation choice on "
+                 f"{n_all} images: up to ~{sec / 60:.1f} min")

@@ -80,3 +80,10 @@ def scores(ev: Evaluation, ev_plain: Evaluation, num_classes: int) -> dict:
     return {"test_acc": ev.acc, "test_acc_no_tta": ev_plain.acc,
             "per_class": ev.per_class(num_classes), "confusion": ev.confusion(num_classes),
             "test_predictions": ev.preds.tolist()}
+
+
+def val_scores(ev_plain: Evaluation, ev: Evaluation) -> dict:
+    """Validation as the final choice compares it: the views the test figure uses, its loss
+    (the tie-break) and its size (for the interval)."""
+    return {"val_acc": ev.acc, "val_acc_no_tta": ev_plain.acc, "val_loss": ev.loss,
+            "val_n": len(ev.targets)}

@@ -102,6 +102,9 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
                   peak_mem_mb=peak.stop())
     # per test image, in split order: what `transferlab predict` is checked against
     result["extra"]["test_predictions"] = result.pop("test_predictions", None)
+    for key in ("val_acc_no_tta", "val_loss", "val_n"):  # the store keeps them with the extras
+        if key in result:
+            result["extra"][key] = result.pop(key)
     if spec.uses_features:  # the weight decay actually used is the one validation chose
         details.optimizer["weight_decay"] = result["extra"]["chosen_wd"]
         details.optimizer["weight_decay_candidates"] = \
@@ -200,8 +203,12 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     x, y = splits.x["test"], splits.y["test"]
     ev_plain, ev = evaluate.on_images(net, pipe, x, y, batch, amp, spec.tta)
     out = evaluate.scores(ev, ev_plain, splits.num_classes)
-    out.update(val_acc=fit.best_val, best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
-               extra={"fit": "backprop"})
+    if len(splits.y["val"]):  # scored as the test split is (and as probes are): like for like
+        out.update(evaluate.val_scores(*evaluate.on_images(
+            net, pipe, splits.x["val"], splits.y["val"], batch, amp, spec.tta)))
+    out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
+               extra={"fit": "backprop", "epoch_choice": "the validation-best epoch"
+                      if len(splits.y["val"]) else "the last epoch (no validation split)"})
     return out
 
 

@@ -70,6 +70,8 @@ class Bar:
     n: int
     baseline: bool = False
     external: bool = False
+    skipped: bool = False  # no weights here: drawn as an empty slot that says so
+    final: bool = False  # the final stage's model (trained on every training image)
 
 
 def _config_key(cfg: dict | None) -> str | None:
@@ -88,24 +90,27 @@ def bars_from_rows(rows, configs: dict | None = None, width: int = 14) -> list[B
     configs = configs or {}
     groups: OrderedDict[str, list] = OrderedDict()
     for r in rows:
-        if r.test_acc is None:
+        if r.test_acc is None and r.status != "skipped":
             continue
-        key = None if r.external else _config_key(configs.get(r.name))
+        key = None if r.external or r.final else _config_key(configs.get(r.name))
         groups.setdefault(key or f"__{r.name}", []).append(r)
     bars = []
     for members in groups.values():
         r = members[0]
-        accs = [m.test_acc * 100 for m in members]
+        accs = [(m.test_acc or 0.0) * 100 for m in members]
         if r.external:
             text = f"{r.name} (внешний) {r.key}".strip()
         else:
             text = f"{short_model(r.model)} {r.regime} {r.key.replace(', ', ' ')}"
+        if r.final:
+            text = "ФИНАЛ: " + text + " все обуч. изобр."
         if len(members) > 1:
             text += f" ({len(members)} seeds)"
         bars.append(Bar(label=wrap_label(text, width), regime=r.regime,
                         mean=statistics.fmean(accs),
                         err=statistics.stdev(accs) if len(accs) > 1 else None, n=len(accs),
-                        baseline=r.model == "baseline", external=r.external))
+                        baseline=r.model == "baseline", external=r.external,
+                        skipped=r.status == "skipped", final=r.final))
     return bars
 
 
@@ -170,8 +175,12 @@ def accuracy_bar_chart(rows, configs: dict | None = None, title: str | None = No
             rect.set_hatch("//")
         if b.external:
             rect.set_hatch("..")
+        if b.final:
+            rect.set_linewidth(2.2)
         top = b.mean + (b.err or 0)
         text = f"{b.mean:.1f}" + (f"±{b.err:.1f}" if b.err else "")
+        if b.skipped:
+            text = "пропущен:\nнет весов\nофлайн"
         ax.annotate(text, (rect.get_x() + rect.get_width() / 2, top), xytext=(0, 3),
                     textcoords="offset points", ha="center", va="bottom", fontsize=fontsize)
     ax.set_xticks(x, [b.label for b in bars], fontsize=fontsize)

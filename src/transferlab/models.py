@@ -20,7 +20,7 @@ from torch import nn
 from . import regimes
 from .baseline import build_baseline
 from .config import ExperimentSpec
-from .errors import UserError
+from .errors import UserError, WeightsUnavailable
 from .net import ModelInfo, Net, describe_head, make_head  # noqa: F401  (re-exported)
 from .util import safe_load
 
@@ -103,19 +103,22 @@ def _timm_backbone(name: str, weights: str):
     import timm
     offline = _offline_weights_file(name) if weights == "imagenet" else None
     hub = weights == "imagenet" and offline is None
+    extra = {}
+    if hub:  # from the local hub cache if it holds them; else the hub must be reachable now
+        cached = _hf_cached_file(name)
+        if cached:
+            extra["pretrained_cfg_overlay"] = {"file": cached}
+        elif not reachable("huggingface.co"):  # timm would retry for a minute first
+            raise WeightsUnavailable(_no_timm_weights(name, "huggingface.co is unreachable"))
     try:
-        model = timm.create_model(name, pretrained=hub)
+        model = timm.create_model(name, pretrained=hub, **extra)
     except Exception as e:  # noqa: BLE001  (network, hub, file, or anything else: say which)
         if not (hub and is_fetch_error(e)):
             raise UserError(f"timm cannot create model {name!r} "
                             f"({'with' if hub else 'without'} hub weights): "
                             f"{type(e).__name__}: {str(e)[:300]}") from e
-        cfg = timm.models.get_pretrained_cfg(name)
-        where = (cfg.hf_hub_id and f"Hugging Face hub repo {cfg.hf_hub_id}") or cfg.url or "its hub"
-        raise UserError(f"cannot fetch ImageNet weights for timm model {name!r} from {where} "
-                        f"({type(e).__name__}: {str(e)[:200]}). Offline, download the weights "
-                        "elsewhere and pass weights = \"file:PATH\" (a state dict), or fill the "
-                        "hub cache (HF_HOME) on a machine with internet.") from None
+        raise WeightsUnavailable(_no_timm_weights(name, f"{type(e).__name__}: {str(e)[:200]}")) \
+            from None
     cfg = model.pretrained_cfg
     init = f"ImageNet weights from timm hub ({cfg.get('hf_hub_id') or cfg.get('url')})" if hub else ""
     if offline:
@@ -183,6 +186,45 @@ def _load_file(model: nn.Module, path: str) -> str:
     return f"weights from file {p} ({len(usable)} tensors; {len(missing)} left at random init)"
 
 
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Can this machine open a connection to host:443 now? (A proxy is trusted to reach it.)"""
+    import os
+    import socket
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hf_cached_file(name: str) -> str | None:
+    """The weights file of a timm model in the local Hugging Face cache, if it is there."""
+    import timm
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        repo = timm.models.get_pretrained_cfg(name).hf_hub_id
+    except Exception:  # noqa: BLE001  (no hub id: timm fetches from a URL, or no pretrained cfg)
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename) if repo else None
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _no_timm_weights(name: str, why: str) -> str:
+    import timm
+    cfg = timm.models.get_pretrained_cfg(name)
+    where = (cfg and cfg.hf_hub_id and f"Hugging Face hub repo {cfg.hf_hub_id}") or \
+        (cfg and cfg.url) or "its hub"
+    return (f"no ImageNet weights for timm model {name!r} here: they come from {where} ({why}). "
+            f"Fetch them on a machine with internet into the hub cache: python -c \"import timm; "
+            f"timm.create_model('{name}', pretrained=True)\" (copy ~/.cache/huggingface here), "
+            "or pass weights = \"file:PATH\" (a state dict)")
+
+
 def is_fetch_error(e: BaseException | None) -> bool:
     """Did a download or hub lookup fail (network, offline cache miss), anywhere in the chain?"""
     seen = set()
@@ -223,9 +265,11 @@ def _tv_backbone(name: str, weights: str):
             raise UserError(f"torchvision cannot build model {name!r} (weights "
                             f"{enum.name if enum else 'none'}): {type(e).__name__}: "
                             f"{str(e)[:300]}") from e
-        raise UserError(f"cannot fetch torchvision weights {enum} from {enum.url} ({e}). Offline, "
-                        f"put the file in $TORCH_HOME/hub/checkpoints/ or pass weights = "
-                        "\"file:PATH\".") from None
+        raise WeightsUnavailable(
+            f"no torchvision weights {enum} here: they come from {enum.url} ({str(e)[:200]}). "
+            f"Fetch them on a machine with internet: python -c \"import torchvision; "
+            f"torchvision.models.get_model('{name}', weights='{enum.name}')\" (then copy "
+            "$TORCH_HOME/hub/checkpoints/ here), or pass weights = \"file:PATH\"") from None
     init = f"ImageNet weights torchvision {name} {enum.name} ({enum.url})" if enum else ""
     if weights.startswith("file:"):
         init = _load_file(model, weights[5:])

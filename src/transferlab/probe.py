@@ -23,7 +23,7 @@ from .net import make_head
 from .record import EpochRow, format_epoch
 
 MAX_EXTENSIONS = 2  # extra weight decays tried beyond the edge of the configured grid
-EPOCH_CHOICE = "last"  # which epoch a probe reports: its last (validation picks the weight decay)
+EPOCH_CHOICE = "the last epoch (validation chose the weight decay)"  # what a probe reports
 
 
 # ------------------------------------------------------------------ the head loop
@@ -190,7 +190,7 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
     val_f = [norm(fs.feats["val", v]) for v in views.get("val", [])]
     val_y = splits.y["val"]
     t0 = time.perf_counter()
-    head, hist, best_wd, best_acc, rows, added = sweep(
+    head, hist, best_wd, _, rows, added = sweep(
         spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f, val_y, epochs, say)
     for row in hist:
         record_epoch(row)
@@ -204,9 +204,11 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
     ev_plain = evaluate.on_features(net.head, test[:1], y)
     ev = evaluate.on_features(net.head, test, y) if spec.tta else ev_plain
     out = evaluate.scores(ev, ev_plain, splits.num_classes)
-    last = hist[-1] if hist else {}
-    out.update(val_acc=best_acc if len(val_y) else None, val_loss=last.get("val_loss"),
-               val_n=len(val_y), best_epoch=epochs,
+    if len(val_y):  # the chosen head on validation, scored as backprop runs are
+        val = [fs.feats["val", v] for v in views["val"]]
+        out.update(evaluate.val_scores(evaluate.on_features(net.head, val[:1], val_y),
+                                       evaluate.on_features(net.head, val, val_y)))
+    out.update(best_epoch=epochs,
                train_seconds=fs.seconds + time.perf_counter() - t0,
                extra={"fit": "cached features", "probe_sweep": rows, "chosen_wd": best_wd,
                       "wd_grid_extended": added, "epoch_choice": EPOCH_CHOICE,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import record
+from .final import interval95, rank_key
 from .store import Store
 
 
@@ -25,6 +26,23 @@ class Row:
     seconds: float | None
     reason: str | None = None
     external: bool = False
+    val_loss: float | None = None  # breaks ties between equal validation accuracies
+    val_n: int | None = None  # validation images, for the 95 % interval
+    final: bool = False  # the final stage's experiment (shown apart from the grid)
+
+    def val_text(self) -> str:
+        if self.val_acc is None:
+            return "-"
+        if not self.val_n:
+            return f"{self.val_acc:.2%}"
+        lo, hi = interval95(self.val_acc, self.val_n)
+        return f"{self.val_acc:.2%} [{lo:.1%}, {hi:.1%}] n={self.val_n}"
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items()}
+        d["val_interval95"] = list(interval95(self.val_acc, self.val_n)) \
+            if self.val_acc is not None and self.val_n else None
+        return d
 
 
 def key_params(cfg: dict) -> str:
@@ -46,9 +64,11 @@ def study_rows(store: Store, members: list, externals: list) -> list[Row]:
             continue
         cfg = json.loads(e["config"])
         res = store.result(exp_id) if e["status"] == "done" else None
+        extra = (res or {}).get("extra") or {}
         rows.append(Row(name, exp_id, e["status"], cfg["model"], cfg["regime"], key_params(cfg),
                         res and res["val_acc"], res and res["test_acc"],
-                        res and res["total_seconds"], e["reason"]))
+                        res and res["total_seconds"], e["reason"],
+                        val_loss=extra.get("val_loss"), val_n=extra.get("val_n")))
     for x in externals:
         rows.append(Row(x["name"], None, "external", "external", "external", x.get("note", ""),
                         x.get("val_acc"), x["test_acc"], None, external=True))
@@ -56,9 +76,10 @@ def study_rows(store: Store, members: list, externals: list) -> list[Row]:
 
 
 def best_row(rows: list[Row]) -> Row | None:
-    """Chosen on validation accuracy: the test split plays no part in the choice."""
+    """Chosen on validation accuracy, ties broken by validation loss (as the final stage
+    chooses): the test split plays no part in the choice."""
     done = [r for r in rows if r.status == "done" and not r.external and r.val_acc is not None]
-    return max(done, key=lambda r: (r.val_acc, -(r.seconds or 0)), default=None)
+    return min(done, key=lambda r: rank_key(r.val_acc, r.val_loss), default=None)
 
 
 def _pct(x) -> str:
@@ -68,18 +89,18 @@ def _pct(x) -> str:
 def format_table(rows: list[Row], with_acc: bool = True) -> str:
     head = ["experiment", "status", "model", "regime", "key parameters"]
     if with_acc:
-        head += ["val acc", "test acc", "time"]
+        head += ["val acc [95% CI] n", "test acc", "time"]
     table = [head]
     for r in rows:
         line = [r.name, r.status, r.model, r.regime, r.key]
         if with_acc:
-            line += [_pct(r.val_acc), _pct(r.test_acc), f"{r.seconds:.0f}s" if r.seconds else "-"]
+            line += [r.val_text(), _pct(r.test_acc), f"{r.seconds:.0f}s" if r.seconds else "-"]
         table.append(line)
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
     out.insert(1, "  ".join("-" * w for w in widths))
-    failed = [r for r in rows if r.status == "failed" and r.reason]
-    out += [f"  {r.name} failed: {r.reason}" for r in failed]
+    failed = [r for r in rows if r.status in ("failed", "skipped") and r.reason]
+    out += [f"  {r.name} {r.status}: {r.reason}" for r in failed]
     return "\n".join(out)
 
 
@@ -99,3 +120,44 @@ def best_summary(store: Store, row: Row) -> list[str]:
         f"  validation acc    : {_pct(row.val_acc)}",
         f"  test accuracy     : {_pct(row.test_acc)}",
     ]
+
+
+def final_summary(f: dict) -> list[str]:
+    """The final model in full: what the assignment asks of the best model, and how it was
+    chosen and trained (from `final.describe`)."""
+    chosen = f.get("chosen") or {}
+    o = f.get("optimizer") or {}
+    s = f.get("schedule") or {}
+    if f["status"] != "done":
+        return [f"final model: {f['name']} ({f['status']}"
+                + (f": {f['reason_failed']}" if f.get("reason_failed") else "") + ")",
+                f"  chosen because  : {chosen.get('reason', '?')}"]
+    ci = f.get("test_interval95")
+    test = f"{f['test_acc']:.2%}" + (f" (95% CI {ci[0]:.1%}-{ci[1]:.1%}, n={f['test_n']})"
+                                     if ci else "")
+    return [
+        f"final model: {f['name']} (the grid's {chosen.get('parent', '?')} trained again on "
+        f"all {f.get('train_images') or '?'} training images)",
+        f"  chosen because  : {chosen.get('reason', '?')}",
+        f"  source model    : {f['source_model']}",
+        f"  modified layers : {f['modified_layers']}",
+        f"  transfer type   : {f['transfer_type']}: {f['regime_description']}",
+        f"  optimiser       : {o.get('name', '?')} ("
+        + ", ".join(f"{k}={v}" for k, v in o.items() if k != "name") + ")",
+        f"  schedule        : {s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s); "
+        f"{f['epochs']} epochs (the last one kept: no validation split), batch {f['batch_size']}",
+        f"  input           : {f['resolution']}px, augmentation {f['augment']}, label smoothing "
+        f"{f['label_smoothing']}",
+        f"  initialisation  : {f['initialisation']}",
+        f"  test accuracy   : {test}; "
+        + (f"with flip TTA (without: {f['test_acc_no_tta']:.2%})" if f["tta"] else "no TTA"),
+    ]
+
+
+def report_json(name: str, store: Store, rows: list[Row], final: dict | None) -> dict:
+    """`transferlab report --json`: the table, the validation-best grid row and the final model."""
+    best = best_row(rows)
+    return {"study": name, "store": str(store.path), "rows": [r.as_dict() for r in rows],
+            "best_on_validation": best.name if best else None, "final": final,
+            "answer_test_acc": (final or {}).get("test_acc") if final else
+            (best.test_acc if best else None)}

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from . import dist
+from . import dist, final
 from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, default_data_root, make_splits
-from .errors import ClaimLost, ExperimentFailed, UserError
+from .errors import ClaimLost, ExperimentFailed, UserError, WeightsUnavailable
 from .store import Store, lease_seconds, owner_id
 
 
@@ -133,7 +133,7 @@ class Runner:
         self.store = Store(study.store)
         self.lease = lease_seconds()
         self.owner = owner_id()  # unique per runner: hostname:pid:random
-        self._splits: Splits | None = None
+        self._splits: dict = {}  # DataSpec -> Splits (the final stage trains on all of train)
         self.tensorboard = tensorboard or study.tensorboard  # curves per experiment, if set
         if self.tensorboard:
             from .tboard import require
@@ -156,9 +156,10 @@ class Runner:
         self.store.save_study_run(self.study.name, self.overrides,
                                   [(e.name, e.id) for e in self.study.experiments])
 
-    def select(self, only: str | None) -> list[ExperimentSpec]:
+    def select(self, only: str | None, with_final: bool = True) -> list[ExperimentSpec]:
         chosen = [e for e in self.study.experiments if not only or fnmatch.fnmatch(e.name, only)]
-        if only and not chosen:
+        if only and not chosen and not (with_final and self.study.final is not None
+                                         and fnmatch.fnmatch("final", only)):
             raise UserError(f"--only {only!r} matches no experiment; names: "
                             f"{', '.join(e.name for e in self.study.experiments)}")
         return chosen
@@ -181,19 +182,24 @@ class Runner:
         dist.barrier()
         return names
 
-    def splits(self) -> Splits:
-        if self._splits is None:
-            max_res = max((e.resolution for e in self.study.experiments), default=0)
+    def splits(self, data=None) -> Splits:
+        """The study's splits, or those of another view of its data (the final stage's)."""
+        data = data or self.study.data
+        if data not in self._splits:
+            stage = self.study.final
+            max_res = max([e.resolution for e in self.study.experiments]
+                          + [stage.resolution if stage else 0])
             if not self.is_main:  # rank 0 downloads and decodes once; the others read its cache
                 dist.barrier()
-            self._splits = make_splits(self.study.data, self.data_root, self.skip_bad, max_res)
+            splits = make_splits(data, self.data_root, self.skip_bad, max_res)
             if self.is_main:
                 dist.barrier()
-            say(f"data: {self._splits.description}; sizes "
-                + ", ".join(f"{k} {len(v)}" for k, v in self._splits.y.items())
-                + (f"; {len(self._splits.skipped)} unreadable images skipped"
-                   if self._splits.skipped else ""))
-        return self._splits
+            say(f"data: {splits.description}; sizes "
+                + ", ".join(f"{k} {len(v)}" for k, v in splits.y.items())
+                + (f"; {len(splits.skipped)} unreadable images skipped"
+                   if splits.skipped else ""))
+            self._splits[data] = splits
+        return self._splits[data]
 
     def run(self, only: str | None = None, retry_failed: bool = False,
             wait: bool = False) -> Outcome:
@@ -210,9 +216,45 @@ class Runner:
             held, out.busy = out.busy, []
             self._pass([(i, s) for i, s in enumerate(todo) if s.name in held], len(todo), out,
                        retry_failed, quiet=True)
+        if self.study.final is not None and (not only or fnmatch.fnmatch("final", only)
+                                             or fnmatch.fnmatch(final.FINAL_PREFIX, only)):
+            self.run_final(out, retry_failed, wait)
         return out
 
-    def _pass(self, numbered, total: int, out: Outcome, retry_failed: bool, quiet: bool) -> None:
+    def final_plan(self) -> final.Plan:
+        """Rank 0 reads the store and tells the other ranks what the final stage runs."""
+        return dist.broadcast(final.plan(self.study, self.store) if self.is_main else None)
+
+    def run_final(self, out: Outcome, retry_failed: bool = False, wait: bool = False) -> None:
+        """The final stage: the validation-chosen configuration on every training image."""
+        plan = self.final_plan()
+        while wait and plan.waiting:  # other runners still finish grid experiments
+            time.sleep(min(self.lease / 4, 15.0))
+            plan = self.final_plan()
+        if plan.waiting:
+            say(f"\nfinal stage: waiting for {len(plan.waiting)} grid experiment(s) "
+                f"({', '.join(plan.waiting)}); it runs once they are done (rerun, or use --wait)")
+            return
+        if plan.spec is None:
+            say(f"\nfinal stage: nothing to choose from: {plan.reason}")
+            return
+        spec = plan.spec
+        say(f"\nfinal stage: {spec.name} = {plan.parent.name} trained again on every training "
+            f"image (train + validation)\n  chosen: {plan.reason}")
+        for c in plan.ranking[1:4]:
+            say(f"  runner-up: {c.text()}")
+        if plan.excluded:
+            say(f"  left out: {', '.join(plan.excluded)}")
+        info = plan.info()
+        if self.is_main:
+            self.store.register(spec.id, spec.name, spec.to_dict())
+            members = [(e.name, e.id) for e in self.study.experiments] + [(spec.name, spec.id)]
+            self.store.save_study(self.study.name, str(self.study.path or ""), self.overrides,
+                                  members, [x.__dict__ for x in self.study.externals])
+        self._pass([(0, spec)], 1, out, retry_failed, quiet=False, details={"final": info})
+
+    def _pass(self, numbered, total: int, out: Outcome, retry_failed: bool, quiet: bool,
+              details: dict | None = None) -> None:
         for i, spec in numbered:
             token = self.store.claim(spec.id, self.owner, lease=self.lease,
                                      retry_failed=retry_failed) if self.is_main else None
@@ -230,7 +272,7 @@ class Runner:
             try:  # the heartbeat runs from the claim on, through the data decode
                 with Heartbeat(self.study.store, spec.id, self.owner, token, self.lease) \
                         if self.is_main else _Null() as beat:
-                    reason = self._run_one(spec, beat)
+                    reason = self._run_one(spec, beat, details)
             except ClaimLost as e:
                 say(f"  STOPPED: {e}; another runner finishes it (not marked failed)")
                 out.busy.append(spec.name)
@@ -242,10 +284,12 @@ class Runner:
                 raise
             if reason is None:
                 out.ran.append(spec.name)
+            elif isinstance(reason, Skipped):
+                out.skipped.append(spec.name)
             else:
                 out.failed.append((spec.name, reason))
 
-    def _run_one(self, spec: ExperimentSpec, beat=None) -> str | None:
+    def _run_one(self, spec: ExperimentSpec, beat=None, details: dict | None = None) -> str | None:
         from . import experiment
         exp_dir = experiment_dir(self.study, spec)
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +299,7 @@ class Runner:
         feature_dir = self.study.runs_dir / "features"
         store = self.store if self.is_main else None
         try:
-            splits = self.splits()
+            splits = self.splits(spec.data)
         except BaseException:  # bad data is the study's problem, not this experiment's:
             if self.is_main:   # give the claim back (pending), then stop with the message
                 self.store.set_status(spec.id, "pending")
@@ -267,11 +311,17 @@ class Runner:
                     spec, splits, exp_dir, feature_dir, self.device,
                     record_epoch=curves.wrap((lambda row: (beat.check(), store.add_epoch(spec.id, row)))
                                              if store else _noop),
-                    record_details=(lambda d: (beat.check(), store.set_details(spec.id, d)))
+                    record_details=(lambda d: (beat.check(), store.set_details(
+                        spec.id, {**d, **(details or {})})))
                     if store else _noop,
                     say=say if self.is_main else _noop)
         except ClaimLost:
             raise
+        except WeightsUnavailable as e:  # not a failure: nothing here can fetch them
+            say(f"  SKIPPED: {e}")
+            if self.is_main:
+                self.store.set_status(spec.id, "skipped", str(e))
+            return Skipped(str(e))
         except (ExperimentFailed, UserError) as e:
             return self._fail(spec, str(e))
         except torch.cuda.OutOfMemoryError:
@@ -305,6 +355,10 @@ class Runner:
         if self.is_main:
             self.store.set_status(spec.id, "failed", reason)
         return reason
+
+
+class Skipped(str):
+    """Why an experiment ended as skipped (its weights cannot be fetched here)."""
 
 
 class _Null:

@@ -22,6 +22,7 @@ from .augment import Pipeline
 from .config import ExperimentSpec, Study, load_study
 from .data import _square_resize, decode_image
 from .errors import UserError
+from .final import plan
 from .report import best_row, study_rows
 from .store import Store
 from .util import safe_load
@@ -120,10 +121,13 @@ class Trained:
         return net
 
 
-def default_model(store: Store, members: list, externals: list) -> str | None:
-    """The model a study hands on when none is named: today the best on validation, the
-    choice `transferlab report` shows (test accuracy plays no part). The one place where a
-    final model, retrained on train + val, takes over once the study has one."""
+def default_model(store: Store, members: list, externals: list,
+                  final: ExperimentSpec | None = None) -> str | None:
+    """The model a study hands on when none is named: its final model (the validation choice
+    retrained on train + val) once that has finished, else the grid's best on validation, as
+    `transferlab report` shows them (test accuracy plays no part in either)."""
+    if final is not None and (row := store.get(final.id)) is not None and row["status"] == "done":
+        return final.name
     row = best_row(study_rows(store, members, externals))
     return row.name if row else None
 
@@ -160,16 +164,21 @@ def load(study: Study, name: str | None = None) -> Trained:
     store = Store(study.store, create=False)
     try:
         members = [(e.name, e.id) for e in study.experiments]
+        specs = list(study.experiments)
+        final_spec = plan(study, store).spec if study.final is not None else None
+        if final_spec is not None:
+            specs.append(final_spec)
         if name is None:
-            name = default_model(store, members, [x.__dict__ for x in study.externals])
+            name = default_model(store, members, [x.__dict__ for x in study.externals],
+                                 final_spec)
             if name is None:
                 raise UserError(f"study {study.name} has no finished experiment with a "
                                 "validation accuracy to choose from; run it first, or name "
                                 "one with --model NAME")
-        spec = next((e for e in study.experiments if e.name == name), None)
+        spec = next((e for e in specs if e.name == name), None)
         if spec is None:
             raise UserError(f"no experiment {name!r} in study {study.name}; known: "
-                            f"{', '.join(e.name for e in study.experiments)}")
+                            f"{', '.join(e.name for e in specs)}")
         row = store.get(spec.id)
         if row is None or row["status"] != "done" or not row["details"]:
             status = row["status"] if row else "not run"

@@ -1,0 +1,166 @@
+"""The final stage: the grid's validation-chosen configuration, trained again on every
+training image (train + validation) with the budget `[study.final]` declared.
+
+The choice reads validation figures only (accuracy scored with the same views for every fit,
+then validation loss to break ties), so its answer cannot follow the test split; the final
+experiment is an experiment like any other in the store (claimed, checkpointed, resumable), whose
+details name its parent and the reason it was chosen.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .config import ExperimentSpec, FinalSpec, Study
+from .store import Store
+
+FINAL_PREFIX = "final-"
+Z95 = 1.959964
+
+
+def interval95(acc: float, n: int) -> tuple[float, float]:
+    """Wilson score interval of a proportion measured on n images (95 %)."""
+    if not n:
+        return (float("nan"), float("nan"))
+    z2 = Z95 * Z95
+    centre = (acc + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(acc * (1 - acc) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return (max(0.0, min(acc, centre - half)), min(1.0, max(acc, centre + half)))
+
+
+def rank_key(val_acc: float, val_loss: float | None) -> tuple[float, float]:
+    """Sort key, best first: higher validation accuracy, then lower validation loss."""
+    return (-val_acc, val_loss if val_loss is not None else math.inf)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One grid experiment as the final choice sees it: validation figures only."""
+    name: str
+    exp_id: str
+    val_acc: float
+    val_loss: float  # inf where an older result did not record it
+    val_n: int
+
+    def interval(self) -> tuple[float, float]:
+        return interval95(self.val_acc, self.val_n)
+
+    def text(self) -> str:
+        lo, hi = self.interval()
+        n = f"n={self.val_n}, 95% CI {lo:.1%}-{hi:.1%}" if self.val_n else "n unknown"
+        loss = f", val loss {self.val_loss:.4f}" if math.isfinite(self.val_loss) else ""
+        return f"{self.name}: val acc {self.val_acc:.2%} ({n}){loss}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the final stage will run, or why it cannot run yet."""
+    spec: ExperimentSpec | None  # the final experiment (None: nothing to choose yet)
+    parent: ExperimentSpec | None
+    ranking: tuple[Candidate, ...]  # best first
+    waiting: tuple[str, ...]  # grid experiments not finished yet
+    excluded: tuple[str, ...]  # failed or skipped, with why
+
+    @property
+    def reason(self) -> str:
+        if self.parent is None:
+            return "no grid experiment has finished with a validation accuracy"
+        best = self.ranking[0]
+        why = f"best validation accuracy of {len(self.ranking)} grid experiment(s)"
+        if len(self.ranking) > 1 and self.ranking[1].val_acc == best.val_acc:
+            why += f" (tied with {self.ranking[1].name}; lower validation loss)"
+        return f"{why}: {best.text()}"
+
+    def info(self) -> dict:
+        """What the final experiment's details record about its choice."""
+        return {"parent": self.parent.name, "parent_id": self.parent.id, "reason": self.reason,
+                "ranking": [dataclasses.asdict(c) for c in self.ranking],
+                "excluded": list(self.excluded)}
+
+
+def candidates(study: Study, store: Store) -> tuple[list[Candidate], list[str], list[str]]:
+    """(ranked candidates, experiments still to finish, experiments left out and why)."""
+    ranked, waiting, excluded = [], [], []
+    for spec in study.experiments:
+        row = store.get(spec.id)
+        status = row["status"] if row else "pending"
+        if status in ("pending", "running"):
+            waiting.append(spec.name)
+            continue
+        res = store.result(spec.id) if status == "done" else None
+        if res is None or res["val_acc"] is None:
+            excluded.append(f"{spec.name} ({status if res is None else 'no validation split'})")
+            continue
+        extra = res.get("extra") or {}
+        loss = extra.get("val_loss")
+        ranked.append(Candidate(spec.name, spec.id, float(res["val_acc"]),
+                                float(loss) if loss is not None else math.inf,
+                                int(extra.get("val_n") or 0)))
+    ranked.sort(key=lambda c: rank_key(c.val_acc, c.val_loss))
+    return ranked, waiting, excluded
+
+
+def plan(study: Study, store: Store) -> Plan:
+    ranked, waiting, excluded = candidates(study, store)
+    if waiting or not ranked or study.final is None:
+        return Plan(None, None, tuple(ranked), tuple(waiting), tuple(excluded))
+    parent = next(e for e in study.experiments if e.id == ranked[0].exp_id)
+    extra = (store.result(parent.id) or {}).get("extra") or {}
+    spec = final_spec(parent, study.final, extra.get("chosen_wd"))
+    return Plan(spec, parent, tuple(ranked), (), tuple(excluded))
+
+
+def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None) -> ExperimentSpec:
+    """The parent's settings on every training image, with the final budget. A probe keeps its
+    head epochs (cheap) and the weight decay validation chose; a backprop fit takes the final
+    epochs and keeps its last epoch (there is no validation split left to choose one)."""
+    data = dataclasses.replace(parent.data, subset=final.subset, val_fraction=0.0)
+    spec = dataclasses.replace(
+        parent, name=(FINAL_PREFIX + parent.name)[:80], data=data,
+        resolution=final.resolution or parent.resolution,
+        batch_size=final.batch_size or parent.batch_size)
+    if parent.uses_features:
+        wd = parent.optimizer.weight_decay if chosen_wd is None else float(chosen_wd)
+        return dataclasses.replace(spec, probe_wd=(wd,), optimizer=dataclasses.replace(
+            parent.optimizer, weight_decay=wd))
+    epochs = final.epochs or parent.epochs
+    head_epochs = min(parent.gradual_head_epochs, max(epochs - 1, 0))
+    return dataclasses.replace(spec, epochs=epochs, gradual_head_epochs=head_epochs)
+
+
+def stored(store: Store, members: list) -> tuple[str, str] | None:
+    """The (name, id) among a stored study's members that is its final experiment."""
+    import json
+    for name, exp_id in members:
+        e = store.get(exp_id)
+        if e is not None and e["details"] and "final" in json.loads(e["details"]):
+            return name, exp_id
+    return None
+
+
+def describe(store: Store, exp_id: str) -> dict | None:
+    """The final model in full, as the report, the notebook and `report --json` give it."""
+    import json
+    e = store.get(exp_id)
+    if e is None:
+        return None
+    d = json.loads(e["details"]) if e["details"] else {}
+    res = store.result(exp_id) if e["status"] == "done" else None
+    cfg = json.loads(e["config"])
+    out = {"name": e["name"], "id": exp_id, "status": e["status"], "reason_failed": e["reason"],
+           "chosen": d.get("final", {}), "source_model": d.get("arch", cfg["model"]),
+           "modified_layers": d.get("modified_layers"), "transfer_type": cfg["regime"],
+           "regime_description": d.get("regime_description"), "initialisation": d.get("init"),
+           "optimizer": d.get("optimizer"), "schedule": d.get("schedule"),
+           "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
+           "resolution": d.get("resolution", cfg["resolution"]), "augment": cfg["augment"],
+           "label_smoothing": cfg["label_smoothing"], "tta": cfg["tta"],
+           "train_images": (d.get("split_sizes") or {}).get("train"), "data": d.get("data"),
+           "test_acc": None, "test_acc_no_tta": None, "test_n": None, "test_interval95": None}
+    if res is not None:
+        n = len((res.get("extra") or {}).get("test_predictions") or [])
+        out.update(test_acc=res["test_acc"], test_acc_no_tta=res["test_acc_no_tta"],
+                   test_n=n or None, seconds=res["total_seconds"],
+                   test_interval95=list(interval95(res["test_acc"], n)) if n else None)
+    return out
