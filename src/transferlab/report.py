@@ -123,6 +123,30 @@ def best_summary(store: Store, row: Row) -> list[str]:
         f"  optimiser         : {o.get('name', '?')} ("
         + ", ".join(f"{k}={v}" for k, v in o.items() if k != "name") + ")",
         f"  initialisation    : {d.get('init', '?')}",
+        *training_lines(d, store.result(row.exp_id) or {}),
         f"  validation acc    : {_pct(row.val_acc)}",
-        f"  test accuracy     : {_pct(row.test_acc)}",
+        f"  test accuracy     : {_pct(row.test_acc)}" + tta_note(d, store.result(row.exp_id) or {}),
     ]
+
+
+def training_lines(d: dict, res: dict) -> list[str]:
+    """Epochs (and which one validation chose), batch size and LR schedule of a model."""
+    extra = res.get("extra") or {}
+    if extra.get("fit") == "cached features":
+        chosen = f"the last epoch; weight decay {extra.get('chosen_wd')} chosen on validation"
+    else:
+        chosen = f"weights of epoch {res.get('best_epoch', '?')}, chosen on validation"
+    s = d.get("schedule") or {}
+    sched = f"{s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s)"
+    if s.get("layer_decay", 1) < 1:
+        sched += f", layer-wise LR decay {s['layer_decay']}"
+    return [f"  epochs            : {d.get('epochs', '?')} ({chosen})",
+            f"  batch size        : {d.get('batch_size', '?')}",
+            f"  LR schedule       : {sched}"]
+
+
+def tta_note(d: dict, res: dict) -> str:
+    """Whether the test figure averages flip views, and the figure without them."""
+    if not d.get("tta"):
+        return " (no flip TTA)"
+    return f" (with flip TTA; without {_pct(res.get('test_acc_no_tta'))})"
