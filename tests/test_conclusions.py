@@ -48,7 +48,8 @@ def test_winner_gap_and_noise_come_from_the_rows_and_sizes():
     assert f"±{gap_half_width(0.79, 800, 0.78, 800) * 100:.2f} п.п." in text
     assert "+1.00 п.п., в пределах шума" in text and "не различимы" in text
     # the best test belongs to another model: said, and that choosing by it is not allowed
-    assert "Лучший тест среди всех экспериментов у `lite1-full`" in text
+    assert "Лучший тест среди всех экспериментов — у `lite1-full`: 80.00 %" in text
+    assert "выбирать по тесту нельзя" in text
     assert "Против базовой CNN `base`" in text and "+9.50 п.п., больше шума" in text
     assert "Против внешнего результата `practical-1`" in text and "+7.50 п.п." in text
 
@@ -96,8 +97,8 @@ def test_final_stage_hook():
              "seconds": 900.0}
     text = "\n".join(final_section(final, ROWS, CONFIGS, sizes))
     assert "`lite0-full` (выбрана по валидации) обучена заново как `final`" in text
-    assert "3 эпох (в сетке 5)" in text and "96 px (в сетке 64 px)" in text
-    assert "50000 обучающих изображений (в сетке 7200)" in text
+    assert "эпох 3 (в сетке 5)" in text and "96 px (в сетке 64 px)" in text
+    assert "обучающих изображений 50000 (в сетке 7200)" in text
     assert "88.50 %" in text and "n = 10000" in text and "против 78.50 % у `lite0-full`" in text
     assert f"+10.00 п.п., больше шума (95 % полуширина разницы ±{gap_half_width(0.885, 10000, 0.785, 10000) * 100:.2f}" in text
     assert "Без flip TTA: 88.00 %" in text and "валидационная выборка вошла" in text.lower()
@@ -115,4 +116,4 @@ def test_conclusions_markdown_has_every_part():
     for part in ("Победитель по валидации", "Цена каждого режима", "Где сравнение смешано",
                  "Финальная стадия"):
         assert part in text
-    assert "\n\n- " in text  # list items start their own lines in Markdown
+    assert ":\n\n- " in text and ".\n- " in text  # a list after its paragraph, items line by line

@@ -118,9 +118,9 @@ def winner_section(rows: list[Row], sizes: dict) -> list[str]:
     top_test = max((r for r in _done(rows) if r.test_acc is not None),
                    key=lambda r: r.test_acc, default=None)
     if top_test is not None and top_test is not best and best.test_acc is not None:
-        out.append(f"Лучший тест среди всех экспериментов у `{top_test.name}` "
-                   f"({pct(top_test.test_acc)}; разрыв с победителем "
-                   f"{noise_sentence(top_test.test_acc, n_test, best.test_acc, n_test)}), но "
+        out.append(f"Лучший тест среди всех экспериментов — у `{top_test.name}`: "
+                   f"{pct(top_test.test_acc)}, разрыв с победителем "
+                   f"{noise_sentence(top_test.test_acc, n_test, best.test_acc, n_test)}. Но "
                    "выбирать по тесту нельзя: это подгонка под тестовую выборку.")
     out += reference_lines(rows, best, n_test)
     return out
@@ -258,10 +258,10 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
     n_test = final.get("test_size", sizes.get("test", 0))
     parent = next((r for r in rows if r.name == final["parent"]), None)
     pcfg = configs.get(final["parent"], {})
-    changes = [f"{final['epochs']} эпох (в сетке {pcfg.get('epochs', '?')})",
+    changes = [f"эпох {final['epochs']} (в сетке {pcfg.get('epochs', '?')})",
                f"разрешение {setting_value(final, 'resolution')} "
                f"(в сетке {setting_value(pcfg, 'resolution') if pcfg else '?'})",
-               f"{final['train_size']} обучающих изображений (в сетке {sizes.get('train', '?')})"]
+               f"обучающих изображений {final['train_size']} (в сетке {sizes.get('train', '?')})"]
     out = [f"**Финальная стадия.** Конфигурация `{final['parent']}` (выбрана по валидации) "
            f"обучена заново как `{final['name']}`: " + ", ".join(changes) + "."]
     line = f"Тест финальной модели: {with_interval(final['test_acc'], n_test)}"
@@ -291,4 +291,14 @@ def conclusions(rows: list[Row], configs: dict, sizes: dict, final: dict | None 
     """
     parts = [winner_section(rows, sizes), cost_section(rows), confound_section(rows, configs),
              final_section(final, rows, configs, sizes)]
-    return "\n\n".join(line for p in parts for line in p)  # one paragraph or list item each
+    return markdown([line for p in parts for line in p])
+
+
+def markdown(lines: list[str]) -> str:
+    """Paragraphs apart by a blank line; the items of a list ("- ...") one under another."""
+    out = ""
+    for i, line in enumerate(lines):
+        if i:
+            out += "\n" if line.startswith("- ") and lines[i - 1].startswith("- ") else "\n\n"
+        out += line
+    return out
