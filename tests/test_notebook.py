@@ -174,6 +174,8 @@ def test_data_line_printed_once(report):
 def test_code_section_shows_the_package_source(report):
     text = report["plain"]
     assert "6. Код обучения" in text and "Не удалось показать" not in text
+    assert re.search(r"код ниже: коммит \S+, локальные изменения: (есть|нет|неизвестно)", text)
+    assert re.search(r"эксперименты обучены: коммит \S+, локальные изменения", text)
     for module, qualname, *_ in notebook.CODE_SHOWN:
         assert f"{module}.{qualname}" in text
         src, where = notebook.code_source(module, qualname)

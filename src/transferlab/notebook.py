@@ -172,6 +172,8 @@ CODE_SHOWN = [
     ("transferlab.regimes", "apply", "Заморозка по режиму: requires_grad по группам слоёв"),
     ("transferlab.regimes", "set_train_mode",
      "Режим train, но замороженные слои (BatchNorm) сохраняют свои статистики"),
+    ("transferlab.train", "Trainer._maybe_unfreeze",
+     "Постепенное размораживание (режим gradual): после эпох одной головы — все слои"),
     ("transferlab.regimes", "param_groups",
      "Группы параметров оптимизатора: без weight decay на нормах и смещениях, послойный LR"),
     ("transferlab.train", "make_optimizer", "Оптимизатор"),
