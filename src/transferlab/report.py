@@ -134,6 +134,8 @@ def training_lines(d: dict, res: dict) -> list[str]:
     extra = res.get("extra") or {}
     if extra.get("fit") == "cached features":
         chosen = f"the last epoch; weight decay {extra.get('chosen_wd')} chosen on validation"
+    elif res.get("val_acc") is None:
+        chosen = "the last epoch: no validation split to choose one"
     else:
         chosen = f"weights of epoch {res.get('best_epoch', '?')}, chosen on validation"
     s = d.get("schedule") or {}

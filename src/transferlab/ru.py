@@ -112,6 +112,8 @@ def epochs_text(d: dict, res: dict) -> str:
                 f"{wd:g}" if isinstance(wd, (int, float)) else f"{epochs}; последняя эпоха")
     if best is None:
         return str(epochs)
+    if res.get("val_acc") is None:
+        return f"{epochs}; последняя эпоха (валидационной выборки нет)"
     return f"{epochs}; по валидации выбрана эпоха {best} (её веса и оценены на тесте)"
 
 
