@@ -1,4 +1,5 @@
 """The study engine through the command line: run, skip, rerun, status, report, show."""
+import re
 import sqlite3
 
 from conftest import write_config
@@ -33,6 +34,9 @@ def test_run_then_rerun_trains_nothing(cli, smoke_config, workdir):
     code, out, _ = cli("report")
     assert "best model (chosen on validation accuracy):" in out
     assert "test accuracy" in out and "validation acc" in out
+    assert re.search(r"epochs            : \d+ \(", out)  # and which epoch or weight decay
+    assert "batch size        :" in out and "LR schedule       : cosine" in out
+    assert re.search(r"test accuracy     : \d+\.\d\d% \((with flip TTA; without \d+\.\d\d%|no flip TTA)\)", out)
 
     code, out, _ = cli("show", "lite0-linear")
     assert code == 0

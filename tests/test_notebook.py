@@ -34,7 +34,8 @@ def report(tmp_path_factory):
     assert code == 0
     paths = sorted((work / "out").iterdir())
     text = (work / "out" / "notebook-smoke.html").read_text(encoding="utf-8")
-    return {"work": work, "paths": paths, "html": text, "text": html.unescape(text)}
+    return {"work": work, "paths": paths, "html": text, "text": html.unescape(text),
+            "plain": html.unescape(re.sub(r"<[^>]+>", "", text))}  # highlighted code as text
 
 
 def test_files_written(report):
@@ -94,25 +95,36 @@ def test_html_describes_every_experiment(report):
 
 def test_html_states_data_hardware_and_architecture(report):
     text = report["text"]
-    assert "copy used   : synthetic test images" in text
-    assert re.search(r"hardware    : .+\(\d+ cores\)", text)
-    assert "replaced       : Linear(1280->1000) -> new head Linear(1280->4)" in text
+    assert "копия данных : synthetic test images" in text
+    assert re.search(r"оборудование : .+\(\d+ cores\)", text)
+    assert re.search(r"код          : transferlab, коммит \S+, локальные изменения: "
+                     r"(есть|нет|неизвестно)", text)
+    assert "заменено       : Linear(1280->1000) -> новая голова Linear(1280->4)" in text
     assert "Total params" in text and "Trainable params" in text
     assert "reference" in text  # the external result in the table
 
 
 def test_html_best_model_section(report):
     text = report["text"]
-    m = re.search(r"best model \(chosen on validation accuracy\): (\S+)", text)
+    m = re.search(r"Лучшая модель \(выбрана по точности на валидации\): (\S+)", text)
     con = sqlite3.connect(report["work"] / "store.db")  # best validation accuracy, then faster
     (want,), = con.execute("SELECT e.name FROM results r JOIN experiments e ON e.id = r.exp_id "
                            "WHERE e.status = 'done' AND r.val_acc IS NOT NULL "
                            "ORDER BY r.val_acc DESC, r.total_seconds ASC LIMIT 1").fetchall()
     con.close()
     assert m and m.group(1) == want
-    assert re.search(r"source model      : \S+", text)
-    assert re.search(r"test accuracy     : \d+\.\d\d%", text)
-    assert "Лучшая модель" in text
+    block = text[m.start():].split("</pre>")[0]
+    assert re.search(r"исходная модель\s+: \S+", block)
+    assert re.search(r"изменённые слои\s+: классификатор заменён: ", block)
+    assert re.search(r"оптимизатор\s+: (sgd|adamw) \(lr=", block)
+    assert re.search(r"эпохи\s+: 1; (по валидации выбрана эпоха 1|проба сообщает последнюю)", block)
+    assert re.search(r"размер батча\s+: 32\n", block)
+    assert re.search(r"расписание LR\s+: косинусное, разогрев 0 эп\.", block)
+    assert re.search(r"точность \(валидация\)\s+: \d+\.\d\d % ± \d+\.\d\d \(n = 24\)", block)
+    # the smoke study scores without TTA; with it, the block gives the figure without as well
+    assert re.search(r"точность \(тест\)\s+: \d+\.\d\d % ± \d+\.\d\d \(n = 80\), без flip TTA",
+                     block)
+    assert "best model (chosen" not in text  # the notebook's block is Russian, the CLI's English
 
 
 def test_inject_replaces_previous_parameters():
@@ -137,3 +149,85 @@ def test_html_renders_in_chromium(report, tmp_path):
                     "--window-size=1200,3000", page.as_uri()],
                    capture_output=True, timeout=120, check=False)
     assert shot.exists() and shot.stat().st_size > 20000
+
+
+def test_html_is_russian_with_matching_lang_and_title(report):
+    page, text = report["html"], report["text"]
+    assert '<html lang="ru">' in page
+    assert "<title>Перенос обучения (transfer learning) на CIFAR-10: notebook-smoke</title>" in page
+    for th in ("эксперимент", "статус", "режим", "ключевые параметры", "валидация (n = 24)",
+               "тест (n = 80)", "класс", "обучающая", "обучаемые группы"):
+        assert re.search(rf"<th[^>]*>{re.escape(th)}</th>", text), th
+    for th in ("val acc", "test acc", "experiment", "class"):
+        assert not re.search(rf"<th[^>]*>{th}</th>", text), th
+    assert re.search(r"<td[^>]*>линейная проба</td>", text) and "<td style=\"text-align:left\">готов</td>" in text
+
+
+def test_data_line_printed_once(report):
+    nb = nbformat.read(report["work"] / "out" / "notebook-smoke.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", []))
+    assert printed.count("копия данных :") == 1
+    assert not re.search(r"^data: ", printed, re.MULTILINE)  # the Runner's line is not repeated
+
+
+def test_code_section_shows_the_package_source(report):
+    text = report["plain"]
+    assert "6. Код обучения" in text and "Не удалось показать" not in text
+    assert re.search(r"код ниже: коммит \S+, локальные изменения: (есть|нет|неизвестно)", text)
+    assert re.search(r"эксперименты обучены: коммит \S+, локальные изменения", text)
+    for module, qualname, *_ in notebook.CODE_SHOWN:
+        assert f"{module}.{qualname}" in text
+        src, where = notebook.code_source(module, qualname)
+        first = next(line for line in src.splitlines() if line.lstrip().startswith(("def ", "class ")))
+        assert first.strip() in text, (qualname, first)
+        assert where in text
+
+
+def test_conclusions_end_the_report(report):
+    text = report["plain"]
+    con = sqlite3.connect(report["work"] / "store.db")
+    (best,), = con.execute("SELECT e.name FROM results r JOIN experiments e ON e.id = r.exp_id "
+                           "WHERE e.status = 'done' AND r.val_acc IS NOT NULL "
+                           "ORDER BY r.val_acc DESC, r.total_seconds ASC LIMIT 1").fetchall()
+    con.close()
+    assert text.index("5. Лучшая модель") < text.index("6. Код обучения") < text.index("7. Выводы")
+    tail = text[text.index("7. Выводы"):]
+    assert f"Победитель по валидации — {best}" in tail  # Markdown's backticks became <code>
+    assert "n = 24" in tail and "n = 80" in tail and "Цена каждого режима" in tail
+    assert "Финальная стадия в этом исследовании не запускалась" in tail
+    assert "Повторный запуск" not in tail  # the rerun helper sits in section 3
+
+
+def test_baseline_is_the_practical_1_stand_in_with_the_external_example(report):
+    text = report["plain"]
+    assert "встроенная замена результата первой практической работы" in text
+    assert "[[external]]" in text and "test_acc = 0.78" in text
+    assert "внешний результат: reference, тест 50.00%" in text
+
+
+def test_code_shown_entries_resolve_and_a_missing_one_degrades():
+    page = notebook.code_html(strict=True)  # fails loudly on an entry that moved
+    for module, qualname, *_ in notebook.CODE_SHOWN:
+        src, _ = notebook.code_source(module, qualname)
+        assert f"def {qualname.split('.')[-1]}(" in src or f"class {qualname.split('.')[-1]}" in src
+        assert f"{module}.{qualname}" in page
+    gone = [("transferlab.train", "no_such_function"), ("transferlab.no_such_module", "f")]
+    for entry in gone:
+        with pytest.raises((AttributeError, ImportError)):
+            notebook.code_html([entry], strict=True)
+    page = notebook.code_html(gone + [("transferlab.train", "lr_factor")])
+    assert page.count("Не удалось показать") == 2 and "transferlab.train.no_such_function" in page
+    assert "lr_factor" in page
+
+
+@pytest.mark.parametrize("name", ["cifar10-quick.toml", "cifar10.toml"])
+def test_configs_show_how_to_add_a_practical_1_result(name, tmp_path):
+    config = Path(__file__).parents[1] / "configs" / name
+    assert "# [[external]]" in config.read_text()
+    snippet = notebook.external_example(config)
+    assert snippet.startswith("[[external]]") and "test_acc" in snippet and "note" in snippet
+    mine = tmp_path / name  # the snippet, uncommented, is a valid external result
+    mine.write_text(config.read_text() + "\n" + snippet + "\n")
+    (x,) = load_study(mine).externals
+    assert x.name and 0 < x.test_acc < 1 and x.note

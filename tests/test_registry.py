@@ -24,6 +24,8 @@ def test_entry_is_complete(name):
     assert all(p.trains == regimes.HEAD for p in phases if p.cached)
     assert regimes.description(spec, []) and regimes.legend(name) != name
     assert figures.regime_text(name) == regimes.legend(name)
+    assert regimes.ru_name(name) != name and regimes.ru_name(name, long=True) != name
+    assert "{" not in regimes.ru_name(name) + regimes.ru_name(name, long=True)
     assert estimate._cost_key(spec)[0] == spec.model
 
 

@@ -77,11 +77,28 @@ def external_resources(html: str) -> list[str]:
     return _EXTERNAL.findall(html)
 
 
+def first_heading(nb) -> str | None:
+    """The text of the notebook's first level-1 Markdown heading."""
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            m = re.search(r"^# +(.+?)\s*$", c.source, re.MULTILINE)
+            if m:
+                return m.group(1)
+    return None
+
+
 def to_html(nb) -> str:
-    """The notebook as one HTML file that needs no network: images embedded, no CDN scripts."""
+    """The notebook as one HTML file that needs no network: images embedded, no CDN scripts.
+
+    The page's `lang` is the notebook's metadata `lang` (the template says "ru"), its title the
+    notebook's metadata `title`, else its first heading."""
     import jinja2
     from nbconvert import HTMLExporter
+    if "title" not in nb.metadata and first_heading(nb):
+        nb = copy.deepcopy(nb)
+        nb.metadata["title"] = first_heading(nb)
     exporter = HTMLExporter(embed_images=True, template_name="lab",
+                            language_code=nb.metadata.get("lang", "en"),
                             extra_loaders=[jinja2.DictLoader({"offline.html.j2": _OFFLINE_TEMPLATE})],
                             template_file="offline.html.j2")
     body, _ = exporter.from_notebook_node(nb)
@@ -119,6 +136,7 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
               "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
               "run_study": True}
     nb = inject(nb, params)
+    nb.metadata["title"] = f"{first_heading(nb) or 'transferlab'}: {study.name}"
     client = NotebookClient(nb, timeout=timeout if timeout else -1, kernel_name="python3",
                             allow_errors=False,
                             resources={"metadata": {"path": str(Path.cwd())}})
@@ -141,3 +159,120 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     paths += [p for p in (out_dir / f"{study.name}-accuracy.png",
                           out_dir / f"{study.name}-accuracy.svg") if p.exists()]
     return paths
+
+
+# ------------------------------------------------------------------ the code that ran
+
+# What the report's "Код обучения" section shows, rendered from the installed package's own
+# source (inspect), so the page shows the code that trained the models, never a copy.
+# (module, qualified name, caption). A refactor that moves a function must update this list:
+# tests/test_notebook.py fails on an entry that no longer resolves.
+CODE_SHOWN = [
+    ("transferlab.models", "build", "Сборка сети: предобученная основа и новая голова на C классов"),
+    ("transferlab.net", "make_head", "Новая голова: линейная или MLP"),
+    ("transferlab.regimes", "Phase",
+     "Фаза режима в реестре: какие группы обучаются, сколько эпох, множитель LR, кэш признаков"),
+    ("transferlab.regimes", "trained_groups", "Какие группы слоёв обучаются в каждой фазе режима"),
+    ("transferlab.regimes", "apply", "Заморозка по режиму: requires_grad по группам слоёв"),
+    ("transferlab.regimes", "set_train_mode",
+     "Режим train, но замороженные слои (BatchNorm) сохраняют свои статистики"),
+    ("transferlab.train", "Trainer._maybe_unfreeze",
+     "Смена фазы режима (gradual, lp-ft): после эпох одной головы — все слои"),
+    ("transferlab.optim", "param_groups",
+     "Группы параметров оптимизатора: без weight decay на нормах и смещениях, послойный LR"),
+    ("transferlab.optim", "make_optimizer", "Оптимизатор"),
+    ("transferlab.optim", "lr_factor", "Расписание скорости обучения (множитель к базовому LR на шаге)"),
+    ("transferlab.train", "Trainer._train_epoch", "Шаг обучения: эпоха по батчам"),
+    ("transferlab.train", "Trainer.fit",
+     "Цикл по эпохам: валидация после каждой эпохи, веса лучшей по валидации эпохи"),
+    ("transferlab.evaluate", "on_images", "Оценка сети: логиты исходных и отражённых изображений (flip TTA)"),
+    ("transferlab.probe", "fit_heads",
+     "Линейная проба: головы для каждого weight decay обучаются на закэшированных признаках"),
+    ("transferlab.probe", "sweep",
+     "Выбор weight decay по валидации; выбор на краю сетки расширяет её"),
+    ("transferlab.probe", "fit",
+     "Проба целиком: признаки, выбор weight decay по валидации, оценка на тесте"),
+]
+
+
+def resolve_code(module: str, qualname: str):
+    """The function or class `module.qualname`; ImportError or AttributeError if it moved."""
+    import importlib
+    obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def code_source(module: str, qualname: str) -> tuple[str, str]:
+    """(source, where) of one entry: dedented source text and 'transferlab/x.py, строка N'."""
+    import inspect
+    import textwrap
+    obj = inspect.unwrap(resolve_code(module, qualname))
+    lines, start = inspect.getsourcelines(obj)
+    path = Path(inspect.getsourcefile(obj))
+    where = f"{path.parent.name}/{path.name}, строка {start}"
+    return textwrap.dedent("".join(lines)), where
+
+
+def highlight_html(src: str) -> str:
+    """Python source as HTML: Pygments (a dependency of nbconvert) with inline styles, which
+    survive the HTML export and Jupyter alike; a plain <pre> where Pygments is missing."""
+    import html
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+    except ImportError:
+        return f"<pre>{html.escape(src)}</pre>"
+    return highlight(src, PythonLexer(), HtmlFormatter(noclasses=True, style="default"))
+
+
+def code_html(entries=None, strict: bool = False) -> str:
+    """The code section's HTML. An entry that cannot be shown becomes a line saying so (or,
+    with strict, raises: the tests use that)."""
+    import html
+    parts = []
+    for entry in CODE_SHOWN if entries is None else entries:
+        module, qualname = entry[0], entry[1]
+        caption = entry[2] if len(entry) > 2 else ""
+        name = f"{module}.{qualname}"
+        try:
+            src, where = code_source(module, qualname)
+        except Exception as e:  # noqa: BLE001  the report goes on without this one entry
+            if strict:
+                raise
+            parts.append(f"<p><b>Не удалось показать <code>{html.escape(name)}</code></b>: "
+                         f"{html.escape(type(e).__name__)}: {html.escape(str(e))}</p>")
+            continue
+        parts.append(f"<h4>{html.escape(caption or name)}</h4>"
+                     f"<p><code>{html.escape(name)}</code> ({html.escape(where)})</p>"
+                     + highlight_html(src))
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ the practical-1 result
+
+EXTERNAL_EXAMPLE = """[[external]]
+name = "practical-1 CNN"
+test_acc = 0.78          # a fraction: your test accuracy on CIFAR-10
+note = "my CNN from the first practical work, 30 epochs\""""
+
+
+def external_example(config) -> str:
+    """The commented `[[external]]` example of a study config, uncommented: how a user adds
+    their own practical-1 result. EXTERNAL_EXAMPLE where the config has none (or is unreadable)."""
+    try:
+        lines = Path(config).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return EXTERNAL_EXAMPLE
+    for i, line in enumerate(lines):
+        if line.strip() == "# [[external]]":
+            block = ["[[external]]"]
+            for nxt in lines[i + 1:]:
+                body = nxt.strip()[2:] if nxt.strip().startswith("# ") else None
+                if body is None or "=" not in body:  # the example ends at its last key
+                    break
+                block.append(body)
+            return "\n".join(block)
+    return EXTERNAL_EXAMPLE

@@ -40,6 +40,8 @@ class Regime:
     phases: Callable  # spec -> tuple[Phase, ...], in training order
     description: Callable  # (spec, frozen group names) -> plain words for the report
     legend: str  # short legend text of the accuracy chart (the report is in Russian)
+    ru: str = ""  # its name in the report's tables ({k}: last_k)
+    ru_long: str = ""  # its name in the conclusions, where it names a group of experiments
     pretrained: bool = True  # starts from the model's weights (unless weights = "none")
     layer_decay: bool = False  # spec.layer_decay scales the LR of deeper-to-shallower groups
     pattern: str | None = None  # a regex for parameterised names (last:K)
@@ -93,13 +95,15 @@ def _linear_text(spec, frozen) -> str:
 
 register(Regime(
     "linear", lambda s: (Phase(HEAD, HEAD, _all_epochs, cached=True),), _linear_text,
-    legend="linear: только новая голова"))
+    legend="linear: только новая голова", ru="линейная проба",
+    ru_long="линейная проба (основа заморожена)"))
 
 register(Regime(
     "last:K", lambda s: (Phase(f"last {last_k(s.regime)}", "last", _all_epochs),),
     lambda s, frozen: (f"fine-tune the last {last_k(s.regime)} layer group(s) and the head; "
                        f"frozen: {', '.join(frozen) or 'nothing'}"),
-    legend="{name}: последние {k} гр. + голова", pattern=r"last:[1-9][0-9]*"))
+    legend="{name}: последние {k} гр. + голова", pattern=r"last:[1-9][0-9]*",
+    ru="последние {k} гр. + голова", ru_long="дообучение последних {k} групп слоёв"))
 
 
 def _full_text(spec, frozen) -> str:
@@ -110,12 +114,12 @@ def _full_text(spec, frozen) -> str:
 
 register(Regime(
     "full", lambda s: (Phase(ALL, ALL, _all_epochs),), _full_text,
-    legend="full: дообучение всей сети", layer_decay=True))
+    legend="full: дообучение всей сети", layer_decay=True, ru="полное дообучение"))
 
 register(Regime(
     "scratch", lambda s: (Phase(ALL, ALL, _all_epochs),),
     lambda s, frozen: "training from scratch: random init, every layer trains",
-    legend="scratch: с нуля", pretrained=False))
+    legend="scratch: с нуля", pretrained=False, ru="с нуля", ru_long="обучение с нуля"))
 
 def _gradual_text(spec, frozen) -> str:
     if spec.gradual_head_epochs == 0:  # what --epochs 1 leaves of it: no room for a head phase
@@ -130,7 +134,7 @@ register(Regime(
     lambda s: (Phase(HEAD, HEAD, lambda s: s.gradual_head_epochs),
                Phase(ALL, ALL, lambda s: s.epochs - s.gradual_head_epochs,
                      lr_scale=lambda s: s.gradual_lr_scale)),
-    _gradual_text, legend="gradual: постепенная разморозка",
+    _gradual_text, legend="gradual: постепенная разморозка", ru="постепенное размораживание",
     checks=((lambda s: 0 <= s.gradual_head_epochs < s.epochs,
              "gradual_head_epochs must be smaller than epochs (and not negative)"),),
     summary=lambda s: {"head_epochs": s.gradual_head_epochs, "lr_scale": s.gradual_lr_scale}))
@@ -147,7 +151,8 @@ def _lpft_text(spec, frozen) -> str:
 register(Regime(
     "lp-ft",
     lambda s: (Phase("probe", HEAD, _all_epochs, cached=True), Phase(ALL, ALL, _all_epochs)),
-    _lpft_text, legend="lp-ft: зонд, затем вся сеть", layer_decay=True))
+    _lpft_text, legend="lp-ft: зонд, затем вся сеть", layer_decay=True,
+    ru="проба, затем полное дообучение (LP-FT)"))
 
 
 # ------------------------------------------------------------------ questions about a spec
@@ -184,6 +189,16 @@ def legend(name: str) -> str:
     except KeyError:
         return name
     return r.legend.format(name=name, k=last_k(name))
+
+
+def ru_name(name: str, long: bool = False) -> str:
+    """The report's Russian name of a regime as stored; the name itself if it is unknown."""
+    try:
+        r = get(name)
+    except KeyError:
+        return name
+    text = (r.ru_long if long else "") or r.ru or name
+    return text.format(k=last_k(name))
 
 
 def trained_groups(spec, names: list[str], phase: int | None = None) -> list[str]:

@@ -117,8 +117,9 @@ def best_summary(store: Store, row: Row) -> list[str]:
         f"  optimiser         : {o.get('name', '?')} ("
         + ", ".join(f"{k}={v}" for k, v in o.items() if k != "name") + ")",
         f"  initialisation    : {d.get('init', '?')}",
+        *training_lines(d, store.result(row.exp_id) or {}),
         f"  validation acc    : {_pct(row.val_acc)}",
-        f"  test accuracy     : {_pct(row.test_acc)}",
+        f"  test accuracy     : {_pct(row.test_acc)}" + tta_note(d, store.result(row.exp_id) or {}),
     ]
 
 
@@ -161,3 +162,28 @@ def report_json(name: str, store: Store, rows: list[Row], final: dict | None) ->
             "best_on_validation": best.name if best else None, "final": final,
             "answer_test_acc": (final or {}).get("test_acc") if final else
             (best.test_acc if best else None)}
+
+
+def training_lines(d: dict, res: dict) -> list[str]:
+    """Epochs (and which one validation chose), batch size and LR schedule of a model."""
+    extra = res.get("extra") or {}
+    if extra.get("fit") == "cached features":
+        chosen = f"the last epoch; weight decay {extra.get('chosen_wd')} chosen on validation"
+    elif res.get("val_acc") is None:
+        chosen = "the last epoch: no validation split to choose one"
+    else:
+        chosen = f"weights of epoch {res.get('best_epoch', '?')}, chosen on validation"
+    s = d.get("schedule") or {}
+    sched = f"{s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s)"
+    if s.get("layer_decay", 1) < 1:
+        sched += f", layer-wise LR decay {s['layer_decay']}"
+    return [f"  epochs            : {d.get('epochs', '?')} ({chosen})",
+            f"  batch size        : {d.get('batch_size', '?')}",
+            f"  LR schedule       : {sched}"]
+
+
+def tta_note(d: dict, res: dict) -> str:
+    """Whether the test figure averages flip views, and the figure without them."""
+    if not d.get("tta"):
+        return " (no flip TTA)"
+    return f" (with flip TTA; without {_pct(res.get('test_acc_no_tta'))})"

@@ -99,7 +99,7 @@ def environment() -> dict:
         "timm": timm.__version__, "python": platform.python_version(),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name(),
         "threads": torch.get_num_threads(), "git": git_revision(),
-        "host": platform.node(),
+        "git_dirty": git_dirty(), "host": platform.node(),
     }
 
 
@@ -114,14 +114,46 @@ def cpu_name() -> str:
     return f"{platform.processor() or 'cpu'} ({os.cpu_count()} cores)"
 
 
-@lru_cache(maxsize=None)
-def git_revision() -> str:
+def _git(args: list[str], where: Path) -> subprocess.CompletedProcess | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                              cwd=where)
+    except (OSError, subprocess.SubprocessError):  # no git, or it hung
+        return None
+
+
+def git_state(source: Path) -> tuple[str, bool | str]:
+    """(commit, local changes) of the checkout that `source` (a file of the package) belongs to.
+
+    "unknown" for both where git is absent, or `source` is not a tracked file of a repository
+    (installed into site-packages, even one inside some other checkout). Local changes: any
+    tracked file modified or staged, or a file git does not ignore but does not track, except
+    under reports/ (the report regenerates its own tracked files on every run)."""
+    where = Path(source).resolve().parent
+    tracked = _git(["ls-files", "--error-unmatch", Path(source).name], where)
+    head = _git(["rev-parse", "--short", "HEAD"], where)
+    if tracked is None or tracked.returncode or head is None or head.returncode:
+        return "unknown", "unknown"
+    top = _git(["rev-parse", "--show-toplevel"], where)
+    status = _git(["status", "--porcelain", "--", ".", ":(exclude)reports"],
+                  Path(top.stdout.strip()) if top and not top.returncode else where)
+    if status is None or status.returncode:
+        return head.stdout.strip(), "unknown"
+    return head.stdout.strip(), bool(status.stdout.strip())
+
+
+@lru_cache(maxsize=None)
+def _package_git() -> tuple[str, bool | str]:
+    return git_state(Path(__file__))  # once per process: the code that runs is what was imported
+
+
+def git_revision() -> str:
+    return _package_git()[0]
+
+
+def git_dirty() -> bool | str:
+    """True if the checkout had local changes when this process started, "unknown" if no git."""
+    return _package_git()[1]
 
 
 class PeakMemory:
