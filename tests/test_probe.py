@@ -96,3 +96,20 @@ def test_the_probe_reports_its_last_epoch():
     # the returned head is the last epoch's: its validation accuracy is the last row's
     from transferlab import evaluate
     assert evaluate.on_features(head, vf, vy).acc == hist[-1]["val_acc"]
+
+
+def test_without_validation_a_single_given_decay_is_used(fake_fits):
+    """A final stage trains on every image: no validation, the chosen decay given alone."""
+    fake_fits(lambda wd: None)
+    spec = _spec([0.03])
+    out = probe.sweep(spec, 2, 2, None, None, [], torch.zeros(0, dtype=torch.long), 3, print)
+    assert out[2] == 0.03 != spec.optimizer.weight_decay
+
+
+def test_final_stage_of_lp_ft_keeps_its_probes_decay():
+    from transferlab.config import FinalSpec
+    from transferlab.final import final_spec
+    parent = parse_study({"study": {"data": "synthetic"}, "experiment": [
+        {"name": "l", "model": "efficientnet_lite0", "regime": "lp-ft"}]}).experiments[0]
+    spec = final_spec(parent, FinalSpec(), 0.01)
+    assert spec.probe_wd == (0.01,) and spec.regime == "lp-ft" and spec.data.val_fraction == 0

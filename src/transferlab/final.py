@@ -107,7 +107,8 @@ def plan(study: Study, store: Store) -> Plan:
         return Plan(None, None, tuple(ranked), tuple(waiting), tuple(excluded))
     parent = next(e for e in study.experiments if e.id == ranked[0].exp_id)
     extra = (store.result(parent.id) or {}).get("extra") or {}
-    spec = final_spec(parent, study.final, extra.get("chosen_wd"))
+    chosen = extra.get("chosen_wd", (extra.get("probe") or {}).get("chosen_wd"))  # lp-ft: its probe's
+    spec = final_spec(parent, study.final, chosen)
     return Plan(spec, parent, tuple(ranked), (), tuple(excluded))
 
 
@@ -126,6 +127,8 @@ def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None
             parent.optimizer, weight_decay=wd))
     epochs = final.epochs or parent.epochs
     head_epochs = min(parent.gradual_head_epochs, max(epochs - 1, 0))
+    if chosen_wd is not None:  # a probe phase before fine-tuning (lp-ft) keeps its chosen decay
+        spec = dataclasses.replace(spec, probe_wd=(float(chosen_wd),))
     return dataclasses.replace(spec, epochs=epochs, gradual_head_epochs=head_epochs)
 
 

@@ -135,7 +135,10 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
     """Fit a head per weight decay and choose on validation, extending the grid past an edge.
 
     Returns (head, its epoch rows, chosen wd, its val acc, sweep rows, added wds)."""
-    wds = list(spec.probe_wd) if len(val_y) else [spec.optimizer.weight_decay]
+    if len(val_y):
+        wds = list(spec.probe_wd)
+    else:  # nothing to choose on: the one weight decay given (a final stage's), else the optimiser's
+        wds = list(spec.probe_wd) if len(spec.probe_wd) == 1 else [spec.optimizer.weight_decay]
     fits = fit_heads(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, wds, epochs)
     tried = list(zip(wds, fits))
     added: list[float] = []
