@@ -26,7 +26,8 @@ from transferlab.features import cached_features, probe_views
 from transferlab.probe import fit_heads, fold_standardisation
 from transferlab.hardware import FP32
 from transferlab.models import make_head
-from transferlab.train import Shards, Trainer, evaluate_views
+from transferlab.evaluate import on_images
+from transferlab.train import Shards, Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GPU_CONFIGS = ("cifar10.toml", "cifar10-t4.toml")
@@ -123,7 +124,7 @@ def _backprop_step(spec, tmp: Path) -> Outcome:
     in_optimizer = {id(p) for g in trainer.opt.param_groups for p in g["params"]}
     shapes = []  # the logits' shape, seen from inside the engine's evaluation
     hook = net.register_forward_hook(lambda m, i, out: shapes.append(tuple(out.shape)))
-    _, ev = evaluate_views(net, pipe, x, y, BATCH, nullcontext, spec.tta)
+    _, ev = on_images(net, pipe, x, y, BATCH, nullcontext, spec.tta)
     hook.remove()
     return Outcome(
         loss=loss_sum / seen, logits_shape=shapes[-1],

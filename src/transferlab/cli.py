@@ -250,7 +250,7 @@ def cmd_report(args) -> int:
 
 def cmd_show(args) -> int:
     from .report import format_details
-    from .train import format_epoch
+    from .record import format_epoch
     store, members, _, _ = _members(args)
     ids = dict(members)
     if args.name not in ids:

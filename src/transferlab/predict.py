@@ -108,7 +108,7 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax of the logits for uint8 NHWC images at the decoded side; flip TTA averages
-        the logits of both views, exactly as train.evaluate_views scores the test split."""
+        the logits of both views, exactly as evaluate.on_images scores the test split."""
         net, pipe, tta = self.net, self.pipe, self.trained.prep.tta
         with self.numerics.autocast(self.device):
             out = net(pipe.eval(x)).float()

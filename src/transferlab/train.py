@@ -21,16 +21,10 @@ from . import dist, evaluate, hardware, optim, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
 from .errors import ClaimLost, ExperimentFailed
-from .evaluate import Evaluation  # noqa: F401  (re-exported)
 from .hardware import Numerics
-from .optim import describe_optimizer, lr_factor, make_optimizer  # noqa: F401  (re-exported)
-from .record import EpochRow, format_epoch  # noqa: F401  (format_epoch re-exported)
+from .optim import make_optimizer
+from .record import EpochRow, format_epoch
 from .util import atomic_save, eval_batch, progress, safe_load
-
-
-def evaluate_views(net: nn.Module, pipe: Pipeline, x, y, batch: int, amp, tta: bool):
-    """(plain, flip-TTA) scores; see evaluate.on_images."""
-    return evaluate.on_images(net, pipe, x, y, batch, amp, tta)
 
 
 # ------------------------------------------------------------------ the loop

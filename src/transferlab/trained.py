@@ -5,7 +5,7 @@ That path, for a new image, is the training code's own: `data.decode_image` (any
 the decoded cache's side (`data._square_resize`: shorter side to the side, bicubic, centre
 crop; a no-op for images already that size), then `augment.Pipeline.eval` (to float, bilinear
 antialiased resize to the resolution, normalisation, channels_last) and flip TTA as in
-`train.evaluate_views`. Every parameter of it is read from the store, none is guessed.
+`evaluate.on_images`. Every parameter of it is read from the store, none is guessed.
 """
 from __future__ import annotations
 
