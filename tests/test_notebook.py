@@ -216,7 +216,7 @@ def test_code_shown_entries_resolve_and_a_missing_one_degrades():
     for entry in gone:
         with pytest.raises((AttributeError, ImportError)):
             notebook.code_html([entry], strict=True)
-    page = notebook.code_html(gone + [("transferlab.train", "lr_factor")])
+    page = notebook.code_html(gone + [("transferlab.optim", "lr_factor")])
     assert page.count("Не удалось показать") == 2 and "transferlab.train.no_such_function" in page
     assert "lr_factor" in page
 
