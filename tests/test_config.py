@@ -108,3 +108,10 @@ def test_shipped_configs_load():
     source_models = {e.model for e in full.experiments if e.model != "baseline"}
     assert len(source_models) == 4
     assert any(e.model == "baseline" for e in quick.experiments)
+    # the quick study: 4 source models x the same 2 configurations, then a final stage
+    pretrained = [e for e in quick.experiments if e.model != "baseline" and e.weights != "none"]
+    configs = {}
+    for e in pretrained:
+        configs.setdefault(e.model, set()).add("frozen" if e.uses_features else e.regime)
+    assert len(configs) == 4 and all(c == {"frozen", "full"} for c in configs.values()), configs
+    assert quick.final is not None and full.final is not None

@@ -135,7 +135,9 @@ def _timm_backbone(name: str, weights: str):
     if offline:
         mean, std = INCEPTION_MEAN, INCEPTION_STD  # TF-ported weights expect inputs in [-1, 1]
     info = ModelInfo(arch=f"timm:{name}", family=_family(name), init=init, mean=mean, std=std,
-                     num_features=model.num_features, old_head=old_head, new_head="",
+                     # MobileNetV3 & co. pool, then widen (conv_head): the head sees the wider side
+                     num_features=getattr(model, "head_hidden_size", None) or model.num_features,
+                     old_head=old_head, new_head="",
                      native_resolution=int(cfg.get("input_size", (3, 224, 224))[-1]))
     info.groups = timm_groups(model)
     return model, info
