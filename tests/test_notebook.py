@@ -195,7 +195,7 @@ def test_conclusions_end_the_report(report):
     tail = text[text.index("7. Выводы"):]
     assert f"Победитель по валидации — {best}" in tail  # Markdown's backticks became <code>
     assert "n = 24" in tail and "n = 80" in tail and "Цена каждого режима" in tail
-    assert "Финальная стадия в этом исследовании не запускалась" in tail
+    assert "Финальная стадия." in tail and "обучена заново как" in tail  # the smoke study has one
     assert "Повторный запуск" not in tail  # the rerun helper sits in section 3
 
 
@@ -231,3 +231,9 @@ def test_configs_show_how_to_add_a_practical_1_result(name, tmp_path):
     mine.write_text(config.read_text() + "\n" + snippet + "\n")
     (x,) = load_study(mine, fingerprint=None).externals
     assert x.name and 0 < x.test_acc < 1 and x.note
+
+
+def test_final_model_block_and_its_conclusions(report):
+    """The study's answer: the final stage's model, described in full, and what it changed."""
+    assert "final model: final-" in report["plain"] and "chosen because" in report["plain"]
+    assert "Финальная стадия." in report["plain"] and "обучена заново как" in report["plain"]

@@ -194,7 +194,8 @@ class Runner:
             splits = make_splits(data, self.data_root, self.skip_bad, max_res)
             if self.is_main:
                 dist.barrier()
-            say(f"data: {splits.description}; sizes "
+            say(f"{'data' if data == self.study.data else 'final stage data'}: "
+                f"{splits.description}; sizes "
                 + ", ".join(f"{k} {len(v)}" for k, v in splits.y.items())
                 + (f"; {len(splits.skipped)} unreadable images skipped"
                    if splits.skipped else ""))
