@@ -78,3 +78,18 @@ def test_torchvision_model_without_weights_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(tvm, "get_model_weights", _raise(ValueError("no weights")))
     with pytest.raises(UserError, match="ships no pretrained weights"):
         models.build(ExperimentSpec(name="r", model="tv:resnet18"), 10)
+
+
+def test_report_shows_a_model_without_its_weights_as_a_structure(monkeypatch):
+    """The notebook's architecture section draws every source model; a hub model offline is
+    built with random weights and says so, instead of failing the whole report."""
+    from transferlab import architecture
+    monkeypatch.setattr(models, "reachable", lambda host: False)
+    monkeypatch.setattr(models, "_hf_cached_file", lambda name: None)
+    spec = ExperimentSpec(name="mnv3-linear", model="mobilenetv3_large_100", regime="linear")
+    net = architecture.build_net(spec, 10)
+    assert net.info.init.startswith("ImageNet weights are not available here")
+    assert "experiments are skipped" in net.info.init and "huggingface.co is unreachable" in net.info.init
+    (row,) = architecture.regime_rows(net, [spec])
+    assert row["trained"] == ["head"] and row["frozen_params"] > 1_000_000
+    assert "trainable flags" in architecture.summary_for(net, spec, 64, depth=1)

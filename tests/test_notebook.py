@@ -235,5 +235,14 @@ def test_configs_show_how_to_add_a_practical_1_result(name, tmp_path):
 
 def test_final_model_block_and_its_conclusions(report):
     """The study's answer: the final stage's model, described in full, and what it changed."""
-    assert "final model: final-" in report["plain"] and "chosen because" in report["plain"]
-    assert "Финальная стадия." in report["plain"] and "обучена заново как" in report["plain"]
+    text = report["plain"]
+    log = text[text.index("3. Обучение и тестирование"):text.index("4. Результаты")]
+    assert "(FINAL STAGE, id" in log  # its training log, after the grid's
+    results = text[text.index("4. Результаты"):text.index("5. Лучшая модель")]
+    assert "финальная модель: final-" in results  # its own chart bar (below the table)
+    block = text[text.index("Финальная модель (конфигурация, лучшая по валидации"):]
+    for label in ("выбрана", "исходная модель", "изменённые слои", "тип переноса", "оптимизатор",
+                  "расписание LR", "инициализация", "эпохи", "размер батча", "точность (тест)"):
+        assert f"  {label}" in block[:3000], label
+    assert "лучшая точность на валидации среди" in block[:3000]
+    assert "Финальная стадия." in text and "обучена заново как" in text

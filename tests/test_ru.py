@@ -38,8 +38,10 @@ def test_final_block_without_validation_and_probe_epochs():
     final = dict(RESULT, val_acc=None, best_epoch=5)
     row = Row("final", "y", "done", "m", "full", "", None, 0.785, 1.0)
     lines = ru.best_block(row, dict(DETAILS, tta=False), final, {"val": 0, "test": 1600},
-                          title="Финальная модель")
+                          title="Финальная модель", chosen="lite0-full: val acc 79.00 %")
     assert lines[0] == "Финальная модель: final"
+    assert _field(lines, "выбрана") == "lite0-full: val acc 79.00 %"
+    assert _field(lines, "точность (валидация)").startswith("нет: обучена на всех обучающих")
     assert _field(lines, "эпохи") == "5; последняя эпоха (валидационной выборки нет)"
     assert _field(lines, "точность (тест)").endswith(", без flip TTA")
     probe = dict(RESULT, extra={"fit": "cached features", "chosen_wd": 0.001})
@@ -51,3 +53,14 @@ def test_labels():
     assert ru.header(["experiment", "val acc", "unknown"]) == ["эксперимент", "точность (валидация)", "unknown"]
     assert ru.regime("last:2") == "последние 2 гр. + голова" and ru.regime("linear") == "линейная проба"
     assert ru.status("done") == "готов" and ru.acc_pm(0.5, 100) == "50.00 % ± 9.80"
+
+
+def test_final_reason_names_the_parent_its_score_and_the_runner_up():
+    info = {"parent": "lite2-full", "reason": "best validation accuracy ...",
+            "ranking": [{"name": "lite2-full", "val_acc": 0.85, "val_loss": 0.6, "val_n": 500},
+                        {"name": "lite1-full", "val_acc": 0.85, "val_loss": 0.7, "val_n": 500}]}
+    text = ru.final_reason(info)
+    assert text.startswith("lite2-full — лучшая точность на валидации среди 2 экспериментов сетки: "
+                           "85.00 % ± 3.13 (n = 500)")
+    assert text.endswith("следующая — lite1-full, 85.00 % (равенство; выбрана меньшая функция потерь)")
+    assert ru.final_reason({"reason": "old record"}) == "old record"

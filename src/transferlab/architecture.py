@@ -5,6 +5,7 @@ what the notebook shows is the modified network that trains, never a separate co
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import shutil
 from collections import OrderedDict
@@ -13,6 +14,7 @@ import torch
 
 from . import models, regimes
 from .config import ExperimentSpec, Study
+from .errors import WeightsUnavailable
 
 
 def specs_by_model(study: Study) -> "OrderedDict[str, list[ExperimentSpec]]":
@@ -29,7 +31,16 @@ def representative(specs: list[ExperimentSpec]) -> ExperimentSpec:
 
 
 def build_net(spec: ExperimentSpec, num_classes: int) -> models.Net:
-    net = models.build(spec, num_classes)
+    """The experiment's network. Where its pretrained weights cannot be had here (a hub model
+    offline) the structure is the same without them: it is built with random weights, and its
+    `info.init` says so and why, so the report still shows the architecture."""
+    try:
+        net = models.build(spec, num_classes)
+    except WeightsUnavailable as e:
+        net = models.build(dataclasses.replace(spec, weights="none"), num_classes)
+        net.info = dataclasses.replace(net.info, init=(
+            f"ImageNet weights are not available here, so the structure is shown with random "
+            f"weights and this model's experiments are skipped ({e})"))
     net.eval()
     return net
 

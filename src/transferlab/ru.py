@@ -126,11 +126,16 @@ def test_text(d: dict, res: dict, n_test: int) -> str:
 
 
 def best_block(row, d: dict, res: dict, sizes: dict, device: str | None = None,
-               title: str = "Лучшая модель (выбрана по точности на валидации)") -> list[str]:
-    """The best/final-model block: every field the assignment asks for, labels in Russian."""
+               title: str = "Лучшая модель (выбрана по точности на валидации)",
+               chosen: str | None = None) -> list[str]:
+    """The best/final-model block: every field the assignment asks for, labels in Russian.
+    `chosen`: why the final stage picked this configuration (its parent's validation score)."""
     o = d.get("optimizer", {})
     opt = ", ".join(f"{k}={v}" for k, v in o.items() if k != "name")
-    lines = [
+    val = (acc_pm(row.val_acc, sizes.get("val", 0)) + f" (n = {sizes.get('val', 0)})"
+           if sizes.get("val") else "нет: обучена на всех обучающих изображениях (train + validation)")
+    lines = [("выбрана", chosen)] if chosen else []
+    lines += [
         ("исходная модель", f"{d.get('arch', row.model)} ({d.get('family', '?')})"),
         ("изменённые слои", f"классификатор заменён: {d.get('old_head', '?')} → новая голова "
                             f"{d.get('new_head', '?')}"),
@@ -143,8 +148,7 @@ def best_block(row, d: dict, res: dict, sizes: dict, device: str | None = None,
         ("разрешение", f"{d.get('resolution', '?')} px; аугментация {d.get('augment', '?')}, "
                        f"label smoothing {d.get('label_smoothing', '?')}"),
         ("обучающих изображений", str((d.get("split_sizes") or {}).get("train", "?"))),
-        ("точность (валидация)", acc_pm(row.val_acc, sizes.get("val", 0))
-         + f" (n = {sizes.get('val', 0)})"),
+        ("точность (валидация)", val),
         ("точность (тест)", test_text(d, res, sizes.get("test", 0))),
         ("время", f"{res['total_seconds']:.0f} с" if res.get("total_seconds") else "—"),
     ]
@@ -152,6 +156,24 @@ def best_block(row, d: dict, res: dict, sizes: dict, device: str | None = None,
         lines.append(("оборудование", device))
     width = max(len(k) for k, _ in lines)
     return [f"{title}: {row.name}"] + [f"  {k.ljust(width)} : {v}" for k, v in lines]
+
+
+def final_reason(info: dict) -> str:
+    """Why the final stage chose its configuration, in Russian, from the final experiment's
+    stored `final` record: the parent's validation score among the grid's candidates."""
+    ranking = info.get("ranking") or []
+    if not ranking:
+        return info.get("reason", "?")
+    best = ranking[0]
+    n = int(best.get("val_n") or 0)
+    out = (f"{best['name']} — лучшая точность на валидации среди {len(ranking)} экспериментов "
+           f"сетки: {acc_pm(best['val_acc'], n)}" + (f" (n = {n})" if n else ""))
+    if len(ranking) > 1:
+        second = ranking[1]
+        tie = " (равенство; выбрана меньшая функция потерь)" \
+            if second["val_acc"] == best["val_acc"] else ""
+        out += f"; следующая — {second['name']}, {pct(second['val_acc'])}{tie}"
+    return out
 
 
 def git_text(env: dict) -> str:
