@@ -138,3 +138,7 @@ def test_skipped_model_keeps_its_slot_and_the_final_bar_is_marked():
     fig = figures.accuracy_bar_chart(rows)
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert any("нет весов" in t for t in texts) and "90.0" in texts
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    assert any(t.startswith("ФИНАЛ") for t in legend)
+    final_rect = fig.axes[0].patches[-1]
+    assert final_rect.get_linewidth() > fig.axes[0].patches[0].get_linewidth()

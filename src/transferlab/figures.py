@@ -195,6 +195,9 @@ def accuracy_bar_chart(rows, configs: dict | None = None, title: str | None = No
     if any(b.baseline for b in bars):
         handles.append(Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="базовая CNN (baseline)"))
+    if any(b.final for b in bars):
+        handles.append(Patch(facecolor="white", edgecolor="black", linewidth=2.2,
+                             label="ФИНАЛ: выбор по валидации, обучен на всех обучающих изображениях"))
     ncol = min(len(handles), max(1, int(width // 3.2)))
     fig.legend(handles=handles, loc="outside upper center", fontsize=fontsize - 0.5, ncol=ncol,
                frameon=False)
