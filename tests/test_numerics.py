@@ -194,7 +194,7 @@ def test_fp16_loss_scaling_resumes_bit_identically(tmp_path, monkeypatch):
 
 def test_a_way_other_than_fp32_must_win_clearly():
     """Near-equal ways do not swap between fresh measurements: the first in order wins a tie
-    within CLEAR_WIN (10 %). These are the two measurements of one case in bench/RESULTS 9b."""
+    within CLEAR_WIN (10 %). The first two are measurements that swapped (bench/RESULTS 9b)."""
     order = ["fp32", "fp32 + depthwise kernel", "bf16 autocast"]
     assert hardware.choose({"fp32": 249, "fp32 + depthwise kernel": 242, "bf16 autocast": 148},
                            order) == "fp32"
