@@ -81,7 +81,8 @@ def test_status_names_the_overrides_that_have_results(cli, smoke_config):
 
 def test_dry_run_lists_work_and_trains_nothing(cli, smoke_config, workdir):
     code, out, _ = cli("run", smoke_config, "--dry-run")
-    assert code == 0 and "rough total" in out and "pending" in out
+    assert code == 0 and "still to run" in out and "pending" in out
+    assert "img/s (m)" in out  # every pending part is costed from timed steps
     assert _epoch_rows(workdir / "runs" / "transferlab.db") == []
 
 

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 
 LAYERS = [  # top first; a module may import from its own layer or any layer below
     ("face", {"__main__", "cli", "notebook", "predict", "export"}),
-    ("study", {"study", "estimate", "trained"}),
+    ("study", {"study", "plan", "trained"}),
     ("experiment", {"experiment"}),
     ("fit", {"train", "probe"}),
     # views read records (and models): the final stage's choice and interval, tables,
@@ -25,7 +25,8 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     ("model", {"models", "net", "baseline"}),
     ("data", {"data", "augment", "sources"}),
     ("records", {"config", "record", "store", "regimes"}),
-    ("ground", {"hardware", "files", "kernels", "errors", "util", "dist", "__init__"}),
+    ("ground", {"hardware", "files", "kernels", "errors", "util", "dist", "durations",
+                "__init__"}),
 ]
 SIBLINGS = [{"train", "probe"}]  # same layer, but neither may import the other
 

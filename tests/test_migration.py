@@ -64,6 +64,9 @@ def test_old_store_opens_upgraded_with_nothing_lost(old_store):
         rows = [record.EpochRow.from_dict(r) for r in st.epochs(exp_id)]
         assert [r.epoch for r in rows] == list(range(1, n_epochs + 1))
         assert all(record.format_epoch(r.as_dict(), n_epochs) for r in rows)
+    assert st.ledger("main|x") is None  # the budget's ledger arrived empty, and takes charges
+    st.charge("main|x", 3.0)
+    assert st.ledger("main|x") == 3.0
     st.close()
 
 

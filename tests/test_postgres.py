@@ -341,3 +341,17 @@ def test_postgres_store_unreachable_or_foreign_is_a_clear_error(tmp_path, pg_url
         con.execute("CREATE TABLE customers (id INTEGER)")
     rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml", "--store", pg_url)
     assert rc == 2 and "is not a transferlab store" in err
+
+
+def test_the_budget_ledger_adds_up_postgres_and_sqlite(where):
+    """Several runners charge one study's grid time: each charge adds, none overwrites."""
+    a, b = Store(where), Store(where)
+    try:
+        assert a.ledger("s|x") is None
+        a.charge("s|x", 12.5)
+        b.charge("s|x", 7.5)
+        a.charge("s|y", 1.0)
+        assert a.ledger("s|x") == pytest.approx(20.0) and b.ledger("s|y") == pytest.approx(1.0)
+    finally:
+        a.close()
+        b.close()

@@ -1,8 +1,8 @@
-"""Every registry entry is whole: the config accepts it, the views and the estimate can say
+"""Every registry entry is whole: the config accepts it, the views and the plan can say
 it, and its phases are ones the fits can run (cached-feature phases first, head only)."""
 import pytest
 
-from transferlab import estimate, figures, regimes
+from transferlab import figures, plan, regimes
 from transferlab.config import parse_study
 from transferlab.errors import UserError
 
@@ -26,7 +26,9 @@ def test_entry_is_complete(name):
     assert figures.regime_text(name) == regimes.legend(name)
     assert regimes.ru_name(name) != name and regimes.ru_name(name, long=True) != name
     assert "{" not in regimes.ru_name(name) + regimes.ru_name(name, long=True)
-    assert estimate._cost_key(spec)[0] == spec.model
+    rates = {k: plan.Rate(100.0, "measured") for k in ("train", "eval", "extract")}
+    seconds, what = plan.seconds_of(spec, {"train": 100, "val": 10, "test": 10}, rates, 0.9)
+    assert seconds > 0 and what  # the plan can cost every regime
 
 
 def test_unknown_regime_lists_the_registry():

@@ -7,17 +7,23 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from .errors import UserError
 
 DEFAULT_STORE = Path("runs/transferlab.db")
+OVERRIDES = ("data", "subset", "epochs", "budget")  # command-line settings a study run records
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data source: cifar10 | imagefolder:PATH | synthetic[:N]")
     p.add_argument("--subset", type=int, help="train images per class (and a proportional test share)")
-    p.add_argument("--epochs", type=int, help="epochs for every experiment")
+    p.add_argument("--epochs", type=int, help="epochs for every experiment (a fixed shape: the "
+                   "final stage's too, so a budget is not used)")
+    p.add_argument("--budget", metavar="TIME", help="wall-clock time of the whole study on this "
+                   "machine, e.g. 25m, 1h30m, 90s: the final stage gets what the grid leaves "
+                   "(default: [study] budget)")
     p.add_argument("--store", help="SQLite file or postgresql://user@host:port/db (default: "
                    "$TRANSFERLAB_STORE, else the config's, else runs/transferlab.db)")
 
@@ -33,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", metavar="GLOB", help="run only experiments whose name matches")
     p.add_argument("--rerun", metavar="GLOB", help="forget matching results and run them again")
     p.add_argument("--retry-failed", action="store_true", help="run failed experiments again")
-    p.add_argument("--dry-run", action="store_true", help="say what would run, with a rough time")
+    p.add_argument("--dry-run", action="store_true", help="print the measured plan: each part's "
+                   "timed rate and time, the final stage's steps; train nothing")
     p.add_argument("--skip-bad-images", action="store_true", help="skip undecodable images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--runs-dir", type=Path, help="checkpoints, models and feature caches (default: "
@@ -98,7 +105,7 @@ def _load(args):
     from .config import load_study
     from .data import fingerprint
     study = load_study(args.config, data=args.data, subset=args.subset, epochs=args.epochs,
-                       fingerprint=fingerprint)
+                       fingerprint=fingerprint, budget=getattr(args, "budget", None))
     if args.store:
         study.use_store(args.store)
     if getattr(args, "runs_dir", None):
@@ -107,8 +114,7 @@ def _load(args):
 
 
 def _overrides(args) -> dict:
-    return {k: getattr(args, k) for k in ("data", "subset", "epochs")
-            if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k, None) is not None}
 
 
 def cmd_run(args) -> int:
@@ -122,14 +128,24 @@ def cmd_run(args) -> int:
             raise UserError(f"{args.config}: experiment {e.name!r}: {err}") from None
     runner = Runner(study, data_root=args.data_root, device=args.device,
                     skip_bad_images=args.skip_bad_images, overrides=_overrides(args),
-                    tensorboard=args.tensorboard, register=not args.dry_run)
+                    tensorboard=args.tensorboard, register=False, started=args.started)
+    for note in study.notes:
+        say(f"note: {note}")
+    again = set(runner.matching(args.rerun)) if args.rerun else set()
     if args.dry_run:  # a dry run changes nothing: no reset, no registration
-        from .estimate import dry_run
-        again = runner.matching(args.rerun) if args.rerun else []
         if again:
-            say("would run again (a dry run forgets nothing): " + ", ".join(again))
-        print(dry_run(runner, runner.select(args.only), again=set(again)))
+            say("would run again (a dry run forgets nothing): " + ", ".join(sorted(again)))
+        try:
+            study_plan = runner.plan(runner.select(args.only), again=again)
+        except UserError as e:  # no data here yet (e.g. no network): still list the work
+            print(f"study {study.name}: no measured plan ({e}); experiments: "
+                  + ", ".join(s.name for s in runner.select(args.only)))
+            return 0
+        print("\n".join(study_plan.lines()))
+        study_plan.check()
         return 0
+    runner.check_budget(again)  # before anything is reset, registered or trained
+    runner.register()
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
     say(f"study {study.name}: {len(study.experiments)} experiments, store {runner.store.path}, "
@@ -179,7 +195,7 @@ def _split_final(store, members: list) -> tuple[list, dict | None]:
 
 
 def _flags(overrides: dict) -> str:
-    return " ".join(f"--{k} {shlex.quote(str(overrides[k]))}" for k in ("data", "subset", "epochs")
+    return " ".join(f"--{k} {shlex.quote(str(overrides[k]))}" for k in OVERRIDES
                     if overrides.get(k) is not None)
 
 
@@ -294,7 +310,8 @@ def cmd_models(args) -> int:
 def cmd_notebook(args) -> int:
     from .notebook import execute
     paths = execute(args.config, out_dir=args.out, data=args.data, subset=args.subset,
-                    epochs=args.epochs, store=args.store, data_root=args.data_root,
+                    epochs=args.epochs, budget=args.budget, store=args.store,
+                    data_root=args.data_root,
                     timeout=args.timeout or None)
     for p in paths:
         print(p)
@@ -352,7 +369,9 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "show": 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.time()  # a budget counts the whole run, imports included
     args = _parser().parse_args(argv)
+    args.started = started
     try:
         return COMMANDS[args.cmd](args)
     except UserError as e:

@@ -98,6 +98,7 @@ class ExperimentSpec:
     gradual_lr_scale: float = 0.1
     normalize: str = "auto"
     init: str = "default"  # random-init scheme for scratch / new layers
+    budget: str = ""  # a budgeted final stage: the study's time budget as written ("25m")
     data: DataSpec = field(default_factory=DataSpec)
 
     @property
@@ -147,6 +148,8 @@ class Study:
     runs_dir: Path
     tensorboard: Path | None = None  # TensorBoard event files per experiment go under it
     final: FinalSpec | None = None  # [study.final], if the study has a final stage
+    budget: str | None = None  # [study] budget or --budget: the whole study's wall-clock time
+    notes: list[str] = field(default_factory=list)  # how settings that meet were resolved
 
     def use_store(self, path: str | Path) -> None:
         """Another store; for a SQLite file, checkpoints and feature caches move beside it (a
@@ -165,13 +168,25 @@ def experiment_id(spec: ExperimentSpec) -> str:
     d.pop("name")
     if d["data"]["fingerprint"]:
         d["data"].pop("source")
+    _drop_unset(d)
     return _spec_hash(d)
+
+
+_LATER_FIELDS = {"budget": ""}  # fields added after ids were first pinned: left out while unset
+
+
+def _drop_unset(d: dict) -> None:
+    """Settings added later enter the hash only when set, so existing ids stay as they were."""
+    for key, unset in _LATER_FIELDS.items():
+        if d.get(key) == unset:
+            d.pop(key)
 
 
 def legacy_experiment_id(spec: ExperimentSpec) -> str:
     """The id this spec had before ids followed the data's fingerprint (source as typed)."""
     d = spec.to_dict()
     d.pop("name")
+    _drop_unset(d)
     return _spec_hash(d)
 
 
@@ -183,7 +198,8 @@ def _spec_hash(d: dict) -> str:
 # ---------------------------------------------------------------- strict parsing
 
 _STUDY_KEYS = {"name": str, "data": str, "subset": int, "val_fraction": float,
-               "cache_size": int, "store": str, "runs_dir": str, "tensorboard": str}
+               "cache_size": int, "store": str, "runs_dir": str, "tensorboard": str,
+               "budget": str}
 _CHOICES = {"regime": REGIMES, "schedule": SCHEDULES, "augment": AUGMENTS,
             "precision": PRECISIONS, "normalize": NORMALIZE, "fit": FITS, "init": INITS,
             "optimizer.name": OPTIMIZERS, "head.kind": HEADS}
@@ -252,7 +268,7 @@ def _merge_section(ctx, where: str, cls, base: dict, overrides: dict, prefix: st
 
 
 _NESTED = {"head": HeadSpec, "optimizer": OptimizerSpec}
-_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data"}
+_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data", "budget"}
 
 
 def _merge_experiment(ctx, where: str, base: dict, table: dict) -> dict:
@@ -282,6 +298,7 @@ def _default_experiment_dict() -> dict:
     d["head"] = dataclasses.asdict(spec.head)
     d["optimizer"] = dataclasses.asdict(spec.optimizer)
     d.pop("data")
+    d.pop("budget")  # the study's, given to its final stage only
     return d
 
 
@@ -347,7 +364,7 @@ def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
 
 
 def load_study(path: str | Path, data: str | None = None, subset: int | None = None,
-               epochs: int | None = None, *, fingerprint) -> Study:
+               epochs: int | None = None, *, fingerprint, budget: str | None = None) -> Study:
     """Load and resolve a study file; command-line overrides win over the file.
 
     The data's content key goes into every experiment id: pass `data.fingerprint` (the data
@@ -362,11 +379,11 @@ def load_study(path: str | Path, data: str | None = None, subset: int | None = N
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: not valid TOML: {e}") from None
     return parse_study(raw, str(path), data=data, subset=subset, epochs=epochs,
-                       fingerprint=fingerprint, base_dir=Path.cwd())
+                       fingerprint=fingerprint, base_dir=Path.cwd(), budget=budget)
 
 
 def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epochs=None,
-                fingerprint=None, base_dir: Path | None = None) -> Study:
+                fingerprint=None, base_dir: Path | None = None, budget=None) -> Study:
     ctx = _Ctx(file)
     allowed = {"study", "defaults", "experiment", "grid", "external"}
     for key in raw:
@@ -418,10 +435,39 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
     where = os.environ.get(STORE_ENV) or st.get("store")
     store = where if is_server_url(where) else \
         base_dir / (where or str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
+    final = _parse_final(ctx, st.get("final"), epochs)
+    budget, notes = _resolve_budget(ctx, budget or st.get("budget"), final, epochs,
+                                    from_cli=budget is not None)
     return Study(name, Path(file) if file != "<config>" else None, dspec, experiments,
                  externals, store, runs_dir,
                  tensorboard=base_dir / st["tensorboard"] if st.get("tensorboard") else None,
-                 final=_parse_final(ctx, st.get("final"), epochs))
+                 final=final, budget=budget, notes=notes)
+
+
+def _resolve_budget(ctx, budget: str | None, final: FinalSpec | None, epochs: int | None,
+                    from_cli: bool) -> tuple[str | None, list[str]]:
+    """The budget sizes the final stage. Which setting wins where they meet: --epochs (a fixed
+    shape for a quick trial) turns the budget off; a budget ignores [study.final] epochs."""
+    if budget is None:
+        return None, []
+    from .durations import parse_budget
+    where = "--budget" if from_cli else "[study] budget"
+    try:
+        parse_budget(budget)
+    except ValueError as e:
+        raise ctx.fail(where, str(e)) from None
+    if final is None:
+        raise ctx.fail(where, f"budget = {budget!r} sizes the final stage, and this study has "
+                       "none: add a [study.final] table (e.g. resolution = 0 keeps the chosen "
+                       "experiment's own), or drop the budget")
+    if epochs is not None:
+        return None, [f"--epochs {epochs} fixes every fit, the final stage's too: the budget "
+                      f"({budget}) is not used"]
+    notes = []
+    if final.epochs:
+        notes.append(f"the budget ({budget}) sizes the final stage: [study.final] epochs = "
+                     f"{final.epochs} is not used")
+    return budget.strip(), notes
 
 
 def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:

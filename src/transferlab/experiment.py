@@ -75,8 +75,11 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
 
 
 def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
-        record_epoch, record_details, say) -> dict:
-    """Run one experiment; returns the result dict the store keeps."""
+        record_epoch, record_details, say, budget=None) -> dict:
+    """Run one experiment; returns the result dict the store keeps.
+
+    `budget`: a budgeted final stage's account of the time left (the study runner's); its
+    plan fixes how many steps the backprop fit trains."""
     t_start = time.perf_counter()
     if not spec.uses_features:  # a batch too small for the processes fails before any work
         Shards.plan(len(splits.y["train"]), spec.batch_size, dist.world())
@@ -90,14 +93,21 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     resolution = spec.resolution or splits.image_size
     pipe = Pipeline(net.info.mean, net.info.std, resolution, spec.augment, device,
                     spec.channels_last)
-    choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt")
+    choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt",
+                              need_rate=budget is not None)
     details = describe(spec, net, plan, choices, resolution, splits, device)
     record_details(details.as_dict())
     for line in details.lines():
         say(line)
     for c in choices.values():
         say(f"  numerics       : {c.line()}")
-    result = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say)
+
+    def record_plan(p) -> None:  # the budget's plan joins the description once it is fixed
+        details.budget_plan = p.as_dict()
+        record_details(details.as_dict())
+    fitter = budget.for_fit(spec, choices, splits, record_plan) if budget is not None else None
+    result = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say,
+                  fitter)
     result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=peak.stop())
     # per test image, in split order: what `transferlab predict` is checked against
@@ -118,35 +128,43 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
 
 
 def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
-                    checkpoint: Path) -> dict[str, Choice]:
+                    checkpoint: Path, need_rate: bool = False) -> dict[str, Choice]:
     """Precision and fast paths per kind of work, decided on rank 0 and shared with the others.
     A resumed run keeps what its checkpoint ran with, so it stays bit-identical."""
-    kinds = {"extract": net.backbone} if any(p.on_features(spec) for p in regimes.phases(spec)) else {}
-    if not spec.uses_features:
-        kinds.update(train=net, eval=net)
-    batches = {"train": spec.batch_size}
-    model_key = f"{spec.model}|{spec.regime}|{spec.head.kind}"  # what the step's cost depends on
     choices: dict | str = {}
     if dist.rank() == 0:
         try:
-            ran_with = _checkpoint_numerics(checkpoint)
-            for kind, module in kinds.items():
-                if kind in ran_with:
-                    choices[kind] = Choice(kind, hardware.by_name(ran_with[kind]),
-                                           "as in the checkpoint")
-                elif spec.compile and kind == "train" and device.type == "cpu" \
-                        and spec.precision in ("auto", "fp32"):
-                    choices[kind] = Choice(kind, hardware.FP32, "compiled: no fast paths")
-                else:
-                    choices[kind] = hardware.decide(
-                        spec.precision, device, kind, module, model_key,
-                        batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
-                        spec.channels_last)
+            choices = decide_numerics(spec, net, resolution, device, checkpoint, need_rate)
         except Exception as e:  # noqa: BLE001  every rank must learn of it, or the others hang
             choices = f"choosing the numerics failed: {type(e).__name__}: {e}"
     choices = dist.broadcast(choices)
     if isinstance(choices, str):
         raise ExperimentFailed(choices)
+    return choices
+
+
+def decide_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
+                    checkpoint: Path | None = None, need_rate: bool = False) -> dict[str, Choice]:
+    """This process's numerics decision for each kind of work the experiment does (the time
+    budget's plan asks it too, so the experiment later finds the same timings cached)."""
+    kinds = {"extract": net.backbone} if any(p.on_features(spec) for p in regimes.phases(spec)) else {}
+    if not spec.uses_features:
+        kinds.update(train=net, eval=net)
+    batches = {"train": spec.batch_size}
+    model_key = f"{spec.model}|{spec.regime}|{spec.head.kind}"  # what the step's cost depends on
+    ran_with = _checkpoint_numerics(checkpoint) if checkpoint else {}
+    choices = {}
+    for kind, module in kinds.items():
+        if kind in ran_with:
+            choices[kind] = Choice(kind, hardware.by_name(ran_with[kind]), "as in the checkpoint")
+        elif spec.compile and kind == "train" and device.type == "cpu" \
+                and spec.precision in ("auto", "fp32"):
+            choices[kind] = Choice(kind, hardware.FP32, "compiled: no fast paths")
+        else:
+            choices[kind] = hardware.decide(
+                spec.precision, device, kind, module, model_key,
+                batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
+                spec.channels_last, need_rate=need_rate)
     return choices
 
 
@@ -164,7 +182,8 @@ def precision_text(setting: str, choices: dict[str, Choice]) -> str:
     return f"{ran} (precision = \"{setting}\")"
 
 
-def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say) -> dict:
+def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say,
+         budget=None) -> dict:
     """The regime's phases in order: a head on cached features first where the regime has
     such a phase (the probe), then the backprop phases (the trainer) from that head."""
     phases = regimes.phases(spec)
@@ -175,7 +194,7 @@ def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_
                            record_epoch, say, epochs=sum(p.epochs(spec) for p in cached))
     if len(cached) == len(phases):
         return probed
-    result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
+    result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say, budget)
     if probed is not None:  # what the probe phase chose, kept beside the fine-tuned result
         keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice")
         result["extra"]["probe"] = {"val_acc": probed["val_acc"], "test_acc": probed["test_acc"],
@@ -183,7 +202,8 @@ def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_
     return result
 
 
-def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say) -> dict:
+def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
+           budget=None) -> dict:
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
@@ -195,7 +215,7 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
         say(f"  cpu kernels    : direct weight gradient for the {n} depthwise convolutions "
             "(oneDNN's is slow when padding covers the map)")
     trainer = Trainer(net, spec, pipe, device, choices["train"].numerics, ckpt, record_epoch, say,
-                      eval_numerics=choices["eval"].numerics)
+                      eval_numerics=choices["eval"].numerics, budget=budget)
     fit = trainer.fit(splits.x, splits.y)
     net.load_state_dict(fit.state)
     amp = optim.autocast(choices["eval"].numerics, device)
@@ -208,7 +228,10 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
             net, pipe, splits.x["val"], splits.y["val"], batch, amp, spec.tta)))
     out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
                extra={"fit": "backprop", "epoch_choice": "the validation-best epoch"
-                      if len(splits.y["val"]) else "the last epoch (no validation split)"})
+                      if len(splits.y["val"]) else "the last epoch (no validation split)",
+                      "steps": fit.steps})
+    if fit.plan is not None:  # what the budget planned, beside what ran
+        out["extra"]["budget_plan"] = fit.plan.as_dict()
     return out
 
 

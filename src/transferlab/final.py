@@ -108,14 +108,18 @@ def plan(study: Study, store: Store) -> Plan:
     parent = next(e for e in study.experiments if e.id == ranked[0].exp_id)
     extra = (store.result(parent.id) or {}).get("extra") or {}
     chosen = extra.get("chosen_wd", (extra.get("probe") or {}).get("chosen_wd"))  # lp-ft: its probe's
-    spec = final_spec(parent, study.final, chosen)
+    spec = final_spec(parent, study.final, chosen, study.budget)
     return Plan(spec, parent, tuple(ranked), (), tuple(excluded))
 
 
-def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None) -> ExperimentSpec:
+def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None,
+               budget: str | None = None) -> ExperimentSpec:
     """The parent's settings on every training image, with the final budget. A probe keeps its
     head epochs (cheap) and the weight decay validation chose; a backprop fit takes the final
-    epochs and keeps its last epoch (there is no validation split left to choose one)."""
+    epochs and keeps its last epoch (there is no validation split left to choose one).
+
+    Under a time budget a backprop fit's length is the plan's, fixed when it starts from the
+    time the grid left: the id holds the budget as written, never the measured steps."""
     data = dataclasses.replace(parent.data, subset=final.subset, val_fraction=0.0)
     spec = dataclasses.replace(
         parent, name=(FINAL_PREFIX + parent.name)[:80], data=data,
@@ -125,11 +129,12 @@ def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None
         wd = parent.optimizer.weight_decay if chosen_wd is None else float(chosen_wd)
         return dataclasses.replace(spec, probe_wd=(wd,), optimizer=dataclasses.replace(
             parent.optimizer, weight_decay=wd))
-    epochs = final.epochs or parent.epochs
+    epochs = parent.epochs if budget else final.epochs or parent.epochs
     head_epochs = min(parent.gradual_head_epochs, max(epochs - 1, 0))
     if chosen_wd is not None:  # a probe phase before fine-tuning (lp-ft) keeps its chosen decay
         spec = dataclasses.replace(spec, probe_wd=(float(chosen_wd),))
-    return dataclasses.replace(spec, epochs=epochs, gradual_head_epochs=head_epochs)
+    return dataclasses.replace(spec, epochs=epochs, gradual_head_epochs=head_epochs,
+                               budget=budget or "")
 
 
 def stored(store: Store, members: list) -> tuple[str, str] | None:
@@ -166,4 +171,28 @@ def describe(store: Store, exp_id: str) -> dict | None:
         out.update(test_acc=res["test_acc"], test_acc_no_tta=res["test_acc_no_tta"],
                    test_n=n or None, seconds=res["total_seconds"],
                    test_interval95=list(interval95(res["test_acc"], n)) if n else None)
+    out["budget"] = budget_summary(d.get("budget_plan"), res, store.epochs(exp_id))
+    if out["budget"]:  # the budget set the length: the config's epochs were not used
+        out["epochs"] = out["budget"]["actual_epochs"] or out["budget"]["planned_epochs"]
     return out
+
+
+def budget_summary(plan: dict | None, res: dict | None, epochs: list[dict]) -> dict | None:
+    """A budgeted final's plan beside what ran: steps, epochs, throughput, wall time."""
+    if not plan:
+        return None
+    from .record import BudgetPlan
+    p = BudgetPlan.from_dict(plan)
+    extra = (res or {}).get("extra") or {}
+    done = extra.get("steps")
+    rates = [e["img_per_s"] for e in epochs if e.get("img_per_s")]
+    final_s = (res or {}).get("total_seconds")
+    return {"budget": p.budget, "budget_seconds": p.budget_s, "grid_seconds": p.grid_s,
+            "margin_seconds": p.margin_s, "planned_steps": p.total_steps,
+            "first_planned_steps": (p.replanned or {}).get("total_steps_before", p.total_steps),
+            "actual_steps": done, "planned_epochs": round(p.epochs, 3),
+            "actual_epochs": round(done / p.steps_per_epoch, 3) if done else None,
+            "planned_img_per_s": p.img_per_s, "rate_source": p.rate_how,
+            "measured_img_per_s": sum(rates) / len(rates) if rates else None,
+            "replanned": p.replanned, "machine": p.machine, "final_seconds": final_s,
+            "study_seconds": p.grid_s + final_s if final_s else None}

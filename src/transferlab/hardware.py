@@ -81,6 +81,11 @@ class Choice:
         return (f"{self.kind:<8}-> {self.numerics.name} ({self.how}"
                 + (f": {speeds}" if speeds else "") + ")")
 
+    @property
+    def rate(self) -> float | None:
+        """Images/s of the chosen way, where it was timed."""
+        return self.img_per_s.get(self.numerics.name)
+
     def record(self) -> dict:
         return {"numerics": self.numerics.name, "how": self.how,
                 "img_per_s": {k: round(v, 1) for k, v in self.img_per_s.items()}}
@@ -183,6 +188,14 @@ def _infer_step(module: nn.Module, numerics: Numerics, x: torch.Tensor):
     return step
 
 
+def _synced(step: Callable[[], None]) -> Callable[[], None]:
+    """A CUDA step that returns only when the device has finished it (timed honestly)."""
+    def run():
+        step()
+        torch.cuda.synchronize()
+    return run
+
+
 def measure(module: nn.Module, kind: str, cands: list[Numerics], batch: int, resolution: int,
             channels_last: bool, steps: int = 3) -> dict[str, float]:
     """Images/s of each candidate, each on its own copy of `module` (the real one is left
@@ -206,7 +219,7 @@ def measure(module: nn.Module, kind: str, cands: list[Numerics], batch: int, res
                 step = _infer_step(m, c, x)
                 if step is None:
                     continue
-            runs[c.name] = step
+            runs[c.name] = _synced(step) if device.type == "cuda" else step
         seconds = _time_in_turns(runs, steps)
     return {name: batch / t for name, t in seconds.items()}
 
@@ -247,22 +260,44 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
+def _cache_key(device: torch.device, model_key: str, kind: str, resolution: int, batch: int,
+               channels_last: bool, cands: list[Numerics]) -> str:
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return json.dumps({"cpu": where, "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "model": model_key, "kind": kind,
+                       "resolution": resolution, "batch": batch, "channels_last": channels_last,
+                       "candidates": [c.name for c in cands]}, sort_keys=True)
+
+
 def decide(precision: str, device: torch.device, kind: str, module: nn.Module, model_key: str,
-           batch: int, resolution: int, channels_last: bool) -> Choice:
-    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`."""
+           batch: int, resolution: int, channels_last: bool, need_rate: bool = False) -> Choice:
+    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`.
+
+    `need_rate`: the chosen way's images/s are wanted too (a time budget plans with them),
+    so a way that was not timed to be chosen (the only candidate, CUDA) is timed alone."""
     if device.type == "cuda":
         c = cuda_candidates(precision, kind, native_bf16_cuda(device))[0]
         why = ("CUDA, native bf16" if c is BF16 and native_bf16_cuda(device) else
                "CUDA, bf16 as configured (emulated on this GPU: slow)" if c is BF16 else
                "CUDA without native bf16: fp16" if c.dtype == torch.float16 else "as configured")
-        return Choice(kind, c, why)
-    cands = cpu_candidates(precision, kind, native_bf16_cpu())
-    if len(cands) == 1:
-        return Choice(kind, cands[0], "as configured")
-    key = json.dumps({"cpu": cpu_name(), "torch": torch.__version__,
-                      "threads": torch.get_num_threads(), "model": model_key, "kind": kind,
-                      "resolution": resolution, "batch": batch, "channels_last": channels_last,
-                      "candidates": [c.name for c in cands]}, sort_keys=True)
+        choice = Choice(kind, c, why)
+    else:
+        cands = cpu_candidates(precision, kind, native_bf16_cpu())
+        if len(cands) > 1:
+            return _measured_choice(device, kind, module, model_key, batch, resolution,
+                                    channels_last, cands)
+        choice = Choice(kind, cands[0], "as configured")
+    if not need_rate:
+        return choice
+    timed = _measured_choice(device, kind, module, model_key, batch, resolution, channels_last,
+                             [choice.numerics])
+    return Choice(kind, choice.numerics, choice.how, timed.img_per_s)
+
+
+def _measured_choice(device, kind, module, model_key, batch, resolution, channels_last,
+                     cands: list[Numerics]) -> Choice:
+    """The fastest of `cands` by timed steps, or by a cached timing of the same case."""
+    key = _cache_key(device, model_key, kind, resolution, batch, channels_last, cands)
     path = cache_path()
     hit = _read_cache(path).get(key)
     order = [c.name for c in cands]

@@ -109,7 +109,8 @@ def to_html(nb) -> str:
 
 def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
             subset: int | None = None, epochs: int | None = None, store=None, data_root=None,
-            timeout: int | None = None, notebook: Path | None = None) -> list[Path]:
+            timeout: int | None = None, notebook: Path | None = None,
+            budget: str | None = None) -> list[Path]:
     """Run the notebook for one study; returns the files written.
 
     Writes <out>/<study>.ipynb (with outputs), <out>/<study>.html (self-contained: images are
@@ -127,12 +128,13 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
 
     config = Path(config)
     study = load_study(config, data=data, subset=subset, epochs=epochs,  # fails early, names files
-                       fingerprint=fingerprint)
+                       fingerprint=fingerprint, budget=budget)
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     src = Path(notebook) if notebook else notebook_path()
     nb = nbformat.read(src, as_version=4)
     params = {"config": _abs(config), "data": data, "subset": subset, "epochs": epochs,
+              "budget": budget,
               "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
               "run_study": True}
     nb = inject(nb, params)

@@ -82,6 +82,55 @@ RESULT_COLUMNS = ["val_acc", "test_acc", "test_acc_no_tta", "per_class", "confus
 RESULT_JSON = ("per_class", "confusion", "classes", "extra")  # stored as JSON text
 
 
+# ------------------------------------------------------------------ the final stage's plan
+
+@dataclass
+class BudgetPlan:
+    """How many optimizer steps a budgeted final trains, and what that came from.
+
+    Written to the store and the checkpoint when the final starts: a resumed final keeps it on
+    any machine, so its learning-rate schedule (which ends at `total_steps`) never shifts."""
+    budget: str  # as written, e.g. "25m"
+    budget_s: float
+    grid_s: float  # wall time the grid took (every run of it, from the store's ledger)
+    margin_s: float  # kept back for safety
+    reserve_s: float  # the final's own work besides training (scoring the test split)
+    train_s: float  # what is left for the training steps
+    img_per_s: float  # the training loop's planned throughput
+    rate_how: str  # where that figure came from (measured steps, loop efficiency)
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    train_images: int
+    machine: str
+    created: str
+    replanned: dict | None = None  # {at_step, planned/measured img/s, total_steps before}
+
+    @property
+    def epochs(self) -> float:
+        return self.total_steps / max(1, self.steps_per_epoch)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BudgetPlan":
+        return cls(**_known(cls, d))
+
+    def as_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "epochs": round(self.epochs, 3)}
+
+    def text(self) -> str:
+        line = (f"budget {self.budget}: the grid took {self.grid_s / 60:.1f} min, so the final "
+                f"trains {self.total_steps:,} steps ({self.epochs:.2f} epochs of "
+                f"{self.train_images:,} images) in {self.train_s / 60:.1f} min at "
+                f"{self.img_per_s:.0f} img/s ({self.rate_how}); {self.reserve_s:.0f}s kept for "
+                f"scoring, {self.margin_s:.0f}s margin")
+        if self.replanned:
+            r = self.replanned
+            line += (f"; re-planned at step {r['at_step']}: the loop ran at "
+                     f"{r['measured_img_per_s']:.0f} img/s, not the {r['planned_img_per_s']:.0f} "
+                     f"first planned: {r['total_steps_before']:,} -> {self.total_steps:,} steps")
+        return line
+
+
 # ------------------------------------------------------------------ descriptions
 
 @dataclass
@@ -125,6 +174,7 @@ class Description:
     regime_settings: dict | None = None  # the regime's own settings (gradual: head epochs, LR scale)
     gradual: dict | None = None  # what older versions wrote for regime_settings (gradual only)
     phases: list = field(default_factory=list)  # [{phase, trained, epochs, lr_scale, fit}]
+    budget_plan: dict | None = None  # a budgeted final's BudgetPlan, once it is fixed
 
     @classmethod
     def from_dict(cls, d: dict) -> "Description":
@@ -166,6 +216,8 @@ class Description:
             f"  data           : {self.data}; "
             + ", ".join(f"{k} {v}" for k, v in self.split_sizes.items()),
         ]
+        if self.budget_plan:
+            lines.insert(10, f"  budget         : {BudgetPlan.from_dict(self.budget_plan).text()}")
         if len(self.phases) > 1:
             steps = "; then ".join(
                 f"{p['phase']}: {', '.join(p['trained'])} for {p['epochs']} epoch(s)"

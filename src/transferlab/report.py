@@ -150,9 +150,23 @@ def final_summary(f: dict) -> list[str]:
         f"  input           : {f['resolution']}px, augmentation {f['augment']}, label smoothing "
         f"{f['label_smoothing']}",
         f"  initialisation  : {f['initialisation']}",
+        *budget_lines(f.get("budget")),
         f"  test accuracy   : {test}; "
         + (f"with flip TTA (without: {f['test_acc_no_tta']:.2%})" if f["tta"] else "no TTA"),
     ]
+
+
+def budget_lines(b: dict | None) -> list[str]:
+    """A budgeted final's plan and what ran (from `final.budget_summary`)."""
+    if not b:
+        return []
+    replan = (f", re-planned from {b['first_planned_steps']:,}" if b.get("replanned") else "")
+    took = (f"; the grid took {b['grid_seconds'] / 60:.1f} min, the final "
+            f"{b['final_seconds'] / 60:.1f} min, the study {b['study_seconds'] / 60:.1f} min"
+            if b.get("final_seconds") else "")
+    return [f"  time budget     : {b['budget']}: {b['planned_steps']:,} steps planned{replan} "
+            f"({b['planned_epochs']:.2f} epochs at {b['planned_img_per_s']:.0f} img/s), "
+            f"{b['actual_steps'] if b.get('actual_steps') is not None else '?'} taken{took}"]
 
 
 def report_json(name: str, store: Store, rows: list[Row], final: dict | None) -> dict:
@@ -160,6 +174,7 @@ def report_json(name: str, store: Store, rows: list[Row], final: dict | None) ->
     best = best_row(rows)
     return {"study": name, "store": str(store.path), "rows": [r.as_dict() for r in rows],
             "best_on_validation": best.name if best else None, "final": final,
+            "budget": (final or {}).get("budget"),
             "answer_test_acc": (final or {}).get("test_acc") if final else
             (best.test_acc if best else None)}
 

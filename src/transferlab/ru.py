@@ -103,8 +103,32 @@ def schedule_text(s: dict) -> str:
     return out
 
 
+def budget_text(plan: dict, res: dict) -> str:
+    """A budgeted final's plan and what ran, in Russian."""
+    from .record import BudgetPlan
+    p = BudgetPlan.from_dict(plan)
+    done = (res.get("extra") or {}).get("steps")
+    out = (f"{p.budget} на всё исследование: сетка заняла {p.grid_s / 60:.1f} мин, на обучение "
+           f"финала осталось {p.train_s / 60:.1f} мин → {p.total_steps:,} шагов оптимизатора "
+           f"({p.epochs:.2f} эпохи) при {p.img_per_s:.0f} изобр./с; LR убывает до нуля к "
+           f"последнему шагу").replace(",", " ")
+    if p.replanned:
+        r = p.replanned
+        out += (f"; после {r['at_step']} шагов скорость {r['measured_img_per_s']:.0f} изобр./с "
+                f"вместо {r['planned_img_per_s']:.0f}: план пересчитан "
+                f"({r['total_steps_before']} → {p.total_steps} шагов)")
+    if done is not None:
+        out += f"; выполнено шагов: {done}"
+    return out
+
+
 def epochs_text(d: dict, res: dict) -> str:
     epochs, best = d.get("epochs", "?"), res.get("best_epoch")
+    if d.get("budget_plan"):
+        from .record import BudgetPlan
+        p = BudgetPlan.from_dict(d["budget_plan"])
+        return (f"{p.epochs:.2f} (задано бюджетом времени: {p.total_steps} шагов); последняя "
+                "эпоха (валидационной выборки нет)")
     if (res.get("extra") or {}).get("fit") == "cached features":
         wd = (res.get("extra") or {}).get("chosen_wd")
         return (f"{epochs}; проба сообщает последнюю эпоху, по валидации выбран weight decay "
@@ -144,6 +168,7 @@ def best_block(row, d: dict, res: dict, sizes: dict, device: str | None = None,
         ("расписание LR", schedule_text(d.get("schedule") or {})),
         ("инициализация", d.get("init", "?")),
         ("эпохи", epochs_text(d, res)),
+        *([("бюджет времени", budget_text(d["budget_plan"], res))] if d.get("budget_plan") else []),
         ("размер батча", str(d.get("batch_size", "?"))),
         ("разрешение", f"{d.get('resolution', '?')} px; аугментация {d.get('augment', '?')}, "
                        f"label smoothing {d.get('label_smoothing', '?')}"),

@@ -28,7 +28,8 @@ from urllib.parse import urlsplit, urlunsplit
 from .errors import ClaimLost, UserError
 from .record import EPOCH_COLUMNS, RESULT_COLUMNS, RESULT_JSON, Result
 
-SCHEMA_VERSION = 3  # 2: experiments.token (fenced claims); 3: study_runs (every override set)
+SCHEMA_VERSION = 4  # 2: experiments.token (fenced claims); 3: study_runs (every override set);
+# 4: ledger (the wall time each study's grid took, for its time budget)
 LEASE_SECONDS = 120.0  # default; TRANSFERLAB_LEASE_SECONDS overrides it (tests use a short one)
 LEASE_ENV = "TRANSFERLAB_LEASE_SECONDS"
 MOUNTS = Path("/proc/mounts")
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS studies (
 CREATE TABLE IF NOT EXISTS study_runs (
     name TEXT NOT NULL, overrides TEXT NOT NULL, members TEXT NOT NULL, updated {real} NOT NULL,
     PRIMARY KEY (name, overrides));
+CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, seconds {real} NOT NULL, updated {real} NOT NULL);
 """
 COLUMNS = {  # epoch and result columns are the typed records' fields (record.py)
     "experiments": ["id", "name", "status", "reason", "config", "details", "owner", "heartbeat",
@@ -71,7 +73,7 @@ COLUMNS = {  # epoch and result columns are the typed records' fields (record.py
 }
 KEYS = {"meta": ["key"], "experiments": ["id"], "epochs": ["exp_id", "epoch"],
         "results": ["exp_id"], "environment": ["exp_id"], "studies": ["name"],
-        "study_runs": ["name", "overrides"]}
+        "study_runs": ["name", "overrides"], "ledger": ["key"]}
 
 
 def is_server_url(where) -> bool:
@@ -354,6 +356,9 @@ class Store:
                 self._x(f"CREATE TABLE IF NOT EXISTS study_runs (name TEXT NOT NULL, overrides "
                         f"TEXT NOT NULL, members TEXT NOT NULL, updated {self.backend.real} NOT "
                         f"NULL, PRIMARY KEY (name, overrides))")
+            if version < 4:
+                self._x(f"CREATE TABLE IF NOT EXISTS ledger (key TEXT PRIMARY KEY, seconds "
+                        f"{self.backend.real} NOT NULL, updated {self.backend.real} NOT NULL)")
             if version < SCHEMA_VERSION:
                 self._upsert("meta", {"key": "schema_version", "value": str(SCHEMA_VERSION)})
 
@@ -463,9 +468,10 @@ class Store:
             self.tokens.pop(exp_id, None)
 
     def reset(self, exp_id: str) -> None:
+        """Forget an experiment's work (its description too: a budgeted final's plan with it)."""
         with self.tx():
-            self._x("UPDATE experiments SET status='pending', reason=NULL, owner=NULL, token=NULL "
-                    "WHERE id=?", (exp_id,))
+            self._x("UPDATE experiments SET status='pending', reason=NULL, owner=NULL, token=NULL, "
+                    "details=NULL WHERE id=?", (exp_id,))
             for table in ("epochs", "results", "environment"):
                 self._x(f"DELETE FROM {table} WHERE exp_id=?", (exp_id,))
 
@@ -527,6 +533,20 @@ class Store:
                        "JOIN epochs p ON p.exp_id = e.id WHERE e.status = 'done' "
                        "GROUP BY e.id, e.config").fetchall()
         return [(json.loads(r["config"]), r["s"]) for r in rows]
+
+    # -------------------------------------------------------------- the time ledger
+
+    def ledger(self, key: str) -> float | None:
+        """Wall seconds charged to `key` (a study's grid), None if nothing was charged yet."""
+        r = self._x("SELECT seconds FROM ledger WHERE key=?", (key,)).fetchone()
+        return None if r is None else float(r["seconds"])
+
+    def charge(self, key: str, seconds: float) -> None:
+        """Add wall seconds to `key`, atomically (several runners may charge one study)."""
+        with self.tx():
+            self._x("INSERT INTO ledger (key, seconds, updated) VALUES (?, ?, ?) ON CONFLICT "
+                    "(key) DO UPDATE SET seconds = ledger.seconds + excluded.seconds, "
+                    "updated = excluded.updated", (key, float(seconds), time.time()))
 
     # -------------------------------------------------------------- studies
 

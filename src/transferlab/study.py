@@ -5,7 +5,9 @@ claimed atomically before it runs, and a claim whose runner died is taken over.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import json
 import sys
 import threading
 import time
@@ -17,9 +19,11 @@ from pathlib import Path
 import torch
 
 from . import dist, final
+from . import plan as planning
 from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, default_data_root, make_splits
 from .errors import ClaimLost, ExperimentFailed, UserError, WeightsUnavailable
+from .record import BudgetPlan
 from .store import Store, lease_seconds, owner_id
 
 
@@ -122,7 +126,8 @@ class Heartbeat:
 class Runner:
     def __init__(self, study: Study, data_root: Path | None = None, device: str = "auto",
                  skip_bad_images: bool = False, overrides: dict | None = None,
-                 tensorboard: Path | None = None, register: bool = True):
+                 tensorboard: Path | None = None, register: bool = True,
+                 started: float | None = None):
         from .util import pick_device
         dist.init()
         self.study, self.overrides = study, overrides or {}
@@ -138,10 +143,13 @@ class Runner:
         if self.tensorboard:
             from .tboard import require
             require()
+        # the grid's wall time, from this process's start (the budget counts imports and decoding)
+        self.clock = planning.Clock(self.store, study, started or time.time())
+        self.worked = False  # whether this process ran grid experiments (then it charges its time)
         if register:  # a dry run writes nothing
-            self._register()
+            self.register()
 
-    def _register(self) -> None:
+    def register(self) -> None:
         if not self.is_main:
             return
         for e in self.study.experiments:
@@ -181,6 +189,44 @@ class Runner:
                         (experiment_dir(self.study, e) / f).unlink(missing_ok=True)
         dist.barrier()
         return names
+
+    def final_data(self):
+        return dataclasses.replace(self.study.data, subset=self.study.final.subset, val_fraction=0.0)
+
+    def plan(self, specs: list[ExperimentSpec] | None = None, again: set = frozenset(),
+             quiet: bool = False) -> planning.StudyPlan:
+        """The measured plan of `specs` (default: the whole study) and the final stage."""
+        splits = self.splits()
+        final_sizes = None
+        if self.study.final is not None:
+            final_sizes = {k: len(v) for k, v in self.splits(self.final_data()).y.items()}
+        return planning.make(self.study, self.store, specs or self.study.experiments,
+                             {k: len(v) for k, v in splits.y.items()}, final_sizes,
+                             splits.image_size, splits.num_classes, self.device,
+                             self.clock.grid_seconds() + self.clock.elapsed(), again,
+                             say=_noop if quiet else say)
+
+    def check_budget(self, again: set = frozenset()) -> None:
+        """Under a budget, before anything trains or is reset: the measured plan must leave
+        the final stage its minimum, else a UserError with the figures (on every rank)."""
+        if not self.study.budget:
+            return
+        err = None
+        if self.is_main:
+            study_plan = self.plan(again=again, quiet=True)
+            for line in study_plan.lines():
+                say(line)
+            try:
+                study_plan.check()
+            except UserError as e:
+                err = str(e)
+        else:
+            self.splits()
+            if self.study.final is not None:
+                self.splits(self.final_data())
+        err = dist.broadcast(err)
+        if err:
+            raise UserError(err)
 
     def splits(self, data=None) -> Splits:
         """The study's splits, or those of another view of its data (the final stage's)."""
@@ -247,15 +293,37 @@ class Runner:
         if plan.excluded:
             say(f"  left out: {', '.join(plan.excluded)}")
         info = plan.info()
+        budget = self._final_budget(spec, plan.parent)
         if self.is_main:
             self.store.register(spec.id, spec.name, spec.to_dict())
             members = [(e.name, e.id) for e in self.study.experiments] + [(spec.name, spec.id)]
             self.store.save_study(self.study.name, str(self.study.path or ""), self.overrides,
                                   members, [x.__dict__ for x in self.study.externals])
-        self._pass([(0, spec)], 1, out, retry_failed, quiet=False, details={"final": info})
+        self._pass([(0, spec)], 1, out, retry_failed, quiet=False, details={"final": info},
+                   budget=budget)
+
+    def _final_budget(self, spec: ExperimentSpec, parent: ExperimentSpec):
+        """A budgeted backprop final's account: the grid's time (this process's charged
+        first), when the final starts, the loop efficiency, and a plan recorded before."""
+        if not self.study.budget or not self.is_main:
+            return None
+        if spec.uses_features:
+            say(f"  budget {self.study.budget}: the chosen configuration is a probe on cached "
+                "features, whose cost is fixed: the final stage does not stretch to the budget")
+            return None
+        if self.worked:
+            self.clock.charge()
+            self.worked = False
+        row = self.store.get(spec.id)
+        existing = json.loads(row["details"]).get("budget_plan") if row and row["details"] else None
+        return planning.FinalBudget(
+            spec.budget, self.clock.grid_seconds(), time.time(),
+            planning.loop_efficiency(self.store, self.study.experiments, prefer=parent.id,
+                                     machine=planning.device_name(self.device)),
+            BudgetPlan.from_dict(existing) if existing else None)
 
     def _pass(self, numbered, total: int, out: Outcome, retry_failed: bool, quiet: bool,
-              details: dict | None = None) -> None:
+              details: dict | None = None, budget=None) -> None:
         for i, spec in numbered:
             token = self.store.claim(spec.id, self.owner, lease=self.lease,
                                      retry_failed=retry_failed) if self.is_main else None
@@ -273,7 +341,7 @@ class Runner:
             try:  # the heartbeat runs from the claim on, through the data decode
                 with Heartbeat(self.study.store, spec.id, self.owner, token, self.lease) \
                         if self.is_main else _Null() as beat:
-                    reason = self._run_one(spec, beat, details)
+                    reason = self._run_one(spec, beat, details, budget)
             except ClaimLost as e:
                 say(f"  STOPPED: {e}; another runner finishes it (not marked failed)")
                 out.busy.append(spec.name)
@@ -283,6 +351,11 @@ class Runner:
                     with suppress(ClaimLost):
                         self.store.set_status(spec.id, "pending", "interrupted; rerun to resume")
                 raise
+            finally:
+                if details is None and self.is_main:  # a grid experiment: charge its time
+                    self.worked = True
+                    with suppress(Exception):  # the account must not stop the study
+                        self.clock.charge()
             if reason is None:
                 out.ran.append(spec.name)
             elif isinstance(reason, Skipped):
@@ -290,7 +363,8 @@ class Runner:
             else:
                 out.failed.append((spec.name, reason))
 
-    def _run_one(self, spec: ExperimentSpec, beat=None, details: dict | None = None) -> str | None:
+    def _run_one(self, spec: ExperimentSpec, beat=None, details: dict | None = None,
+                 budget=None) -> str | None:
         from . import experiment
         exp_dir = experiment_dir(self.study, spec)
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -315,7 +389,7 @@ class Runner:
                     record_details=(lambda d: (beat.check(), store.set_details(
                         spec.id, {**d, **(details or {})})))
                     if store else _noop,
-                    say=say if self.is_main else _noop)
+                    say=say if self.is_main else _noop, budget=budget)
         except ClaimLost:
             raise
         except WeightsUnavailable as e:  # not a failure: nothing here can fetch them

@@ -23,7 +23,7 @@ from .config import ExperimentSpec
 from .errors import ClaimLost, ExperimentFailed
 from .hardware import Numerics
 from .optim import make_optimizer
-from .record import EpochRow, format_epoch
+from .record import BudgetPlan, EpochRow, format_epoch
 from .util import atomic_save, eval_batch, progress, safe_load
 
 
@@ -36,6 +36,8 @@ class FitResult:
     state: dict  # weights chosen on validation (the last epoch if there is no validation)
     train_seconds: float
     history: list[dict] = field(default_factory=list)
+    steps: int = 0  # optimizer steps taken in all
+    plan: BudgetPlan | None = None  # a budgeted fit's plan (its length came from it)
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class Trainer:
 
     def __init__(self, net: nn.Module, spec: ExperimentSpec, pipe: Pipeline, device,
                  numerics: Numerics, checkpoint: Path, on_epoch: Callable[[dict], None],
-                 say: Callable[[str], None], eval_numerics: Numerics | None = None):
+                 say: Callable[[str], None], eval_numerics: Numerics | None = None,
+                 budget=None):
         self.net, self.spec, self.pipe, self.device = net, spec, pipe, device
         self.numerics, self.eval_numerics = numerics, eval_numerics or numerics
         self.amp = optim.autocast(numerics, device)
@@ -89,6 +92,11 @@ class Trainer:
         self.model = dist.wrap(net, device)
         self.opt = make_optimizer(optim.param_groups(net, spec), spec)
         self.history: list[dict] = []  # every epoch row so far, resumed ones included
+        # a budgeted final's planner (plan.py): it fixes the total steps when the fit starts
+        self.budget, self.plan = budget, None
+        self.total = 0  # optimizer steps the fit takes, all epochs together
+        self._check_at: int | None = None  # the step at which a new plan's rate is checked
+        self._timing: list[float] = [0.0, 0.0]  # wall time and images since the first step
 
     def _phase_at(self, epoch: int) -> int:
         """The regime phase index that trains in this (trainer-local) epoch."""
@@ -126,6 +134,8 @@ class Trainer:
         if self.scaler is not None and ck.get("scaler"):
             self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"])
+        if ck.get("budget_plan"):  # the plan it started with, whatever this machine measures
+            self.plan = BudgetPlan.from_dict(ck["budget_plan"])
         self.history = list(ck.get("history", []))
         for row in self.history:  # the store may lack the last row (killed between the two writes)
             self.on_epoch(row)
@@ -139,14 +149,15 @@ class Trainer:
         if shards.padded:
             self.say(f"  {world} processes: each epoch's last step is padded with "
                      f"{shards.padded} repeated image(s) so every process takes {shards.steps} steps")
-        total = shards.steps * self.epochs
         start, track = self._resume()
-        history = []
-        for epoch in range(start, self.epochs):
+        self._fix_plan(shards, resumed=start > 0)
+        self.total = self.plan.total_steps if self.plan else shards.steps * self.epochs
+        history, epoch = [], start
+        while epoch < self._epochs(shards):
             self._maybe_unfreeze(epoch)
             t0 = time.perf_counter()
             loss_sum, correct, seen = self._train_epoch(x["train"], y["train"], epoch, shards,
-                                                        total, world, rank)
+                                                        world, rank)
             seconds = time.perf_counter() - t0
             row = EpochRow(self.offset + epoch + 1, regimes.phases(spec)[self.phase].name,
                            train_loss=loss_sum / max(1, seen), train_acc=correct / max(1, seen),
@@ -176,27 +187,78 @@ class Trainer:
                 lost = dist.broadcast(lost)
             if lost:
                 raise ClaimLost(lost)
-            self.say(format_epoch(row, self.offset + self.epochs))
+            epoch += 1
+            self.say(format_epoch(row, self.offset + self._epochs(shards)))
         if track["best_state"] is None:
-            track.update(best_state=_cpu_state(self.net), best_epoch=self.offset + self.epochs)
+            track.update(best_state=_cpu_state(self.net), best_epoch=self.offset + epoch)
         best_val = track["best_val"] if track["best_val"] >= 0 else None
         return FitResult(track["best_epoch"], best_val, track["best_state"], track["seconds"],
-                         history)
+                         history, steps=self.total, plan=self.plan)
 
-    def _train_epoch(self, xtr, ytr, epoch, shards: Shards, total, world, rank):
+    def _epochs(self, shards: Shards) -> int:
+        """Epochs the fit runs: a budgeted plan's steps end inside the last one (which the
+        regime's last phase stretches to take)."""
+        return math.ceil(self.total / shards.steps)
+
+    def _fix_plan(self, shards: Shards, resumed: bool) -> None:
+        """A budgeted fit's length, fixed once: the checkpoint's plan when resuming (on any
+        machine), else the one recorded when this final first started, else a new one from
+        the time left now. Rank 0 decides; every rank takes the same steps."""
+        if self.budget is None:
+            return
+        plan = self.plan
+        if dist.rank() == 0 and plan is None:
+            plan = self.budget.existing or self.budget.plan(shards.steps, shards.per_rank * dist.world())
+        self.plan = dist.broadcast(plan)
+        self._check_at = None if resumed or self.budget.existing else \
+            self.budget.check_step(self.plan)
+        if dist.rank() == 0:
+            self.budget.record(self.plan)
+        kept = " (kept from the checkpoint)" if resumed else \
+            " (kept from its first start)" if self.budget.existing else ""
+        self.say(f"  {self.plan.text()}{kept}")
+
+    def _clock(self, done: int, images: int) -> None:
+        """Wall time and images from the end of the first step (which warms the allocator and
+        kernels up) on: epoch ends (checkpoint, store) count, as they count against the budget."""
+        if done == 1:
+            self._timing = [time.perf_counter(), 0.0]
+        elif done > 1:
+            self._timing[1] += images
+
+    def _check_rate(self, done: int) -> None:
+        """Once, early in a budgeted fit planned by this process: a loop more than the
+        tolerance off the planned rate has its total steps re-planned from the time left
+        (logged, both figures recorded). A fit that kept an earlier plan never re-plans."""
+        if self.plan is None or done != self._check_at:
+            return
+        plan = None
+        if dist.rank() == 0:
+            since, images = self._timing
+            plan = self.budget.replan(self.plan, done, images / max(time.perf_counter() - since, 1e-9))
+        plan = dist.broadcast(plan)
+        if plan is not None:
+            self.plan, self.total = plan, plan.total_steps
+            self.say(f"  re-planned: {plan.text()}")
+            if dist.rank() == 0:
+                self.budget.record(plan)
+
+    def _train_epoch(self, xtr, ytr, epoch, shards: Shards, world, rank):
         spec, net = self.spec, self.net
         gen = torch.Generator().manual_seed(spec.seed * 100003 + epoch)
         perm = torch.randperm(len(xtr), generator=gen)
         regimes.set_train_mode(net)
         loss_sum, correct, seen = 0.0, 0, 0
         steps = shards.steps
-        bar = progress(steps, f"epoch {self.offset + epoch + 1}/{self.offset + self.epochs}") \
+        bar = progress(min(steps, self.total - epoch * steps),
+                       f"epoch {self.offset + epoch + 1}/{self.offset + self._epochs(shards)}") \
             if rank == 0 else None
-        for i in range(steps):
+        i = 0
+        while i < min(steps, self.total - epoch * steps):  # a re-plan may move the end
             if bar is not None:
                 bar.update(1)
             idx = shards.indices(perm, i, rank, world)
-            optim.set_lr(self.opt, spec, epoch * steps + i, total, steps, self._phase_scale())
+            optim.set_lr(self.opt, spec, epoch * steps + i, self.total, steps, self._phase_scale())
             xb = self.pipe.train(xtr[idx], gen)
             yb = ytr[idx].to(self.device, non_blocking=True)
             with self.amp():
@@ -217,6 +279,10 @@ class Trainer:
             loss_sum += loss.item() * len(idx)
             correct += int((out.argmax(1) == yb).sum())
             seen += len(idx)
+            i += 1
+            done = epoch * steps + i
+            self._clock(done, len(idx) * world)
+            self._check_rate(done)
         if bar is not None:
             bar.close()
         return loss_sum, correct, seen
@@ -226,7 +292,8 @@ class Trainer:
                      "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                      "numerics": {"train": self.numerics.name, "eval": self.eval_numerics.name},
-                     "track": track, "history": self.history}, self.checkpoint)
+                     "track": track, "history": self.history,
+                     "budget_plan": self.plan.as_dict() if self.plan else None}, self.checkpoint)
 
 
 def _cpu_state(net: nn.Module) -> dict:

@@ -152,7 +152,8 @@ def open_study(config: Path | None, store_path: Path | None, default_store: Path
                             "name the config: transferlab predict CONFIG PATH...")
         overrides = {**st["overrides"], **overrides}
     study = load_study(config, data=overrides.get("data"), subset=overrides.get("subset"),
-                       epochs=overrides.get("epochs"), fingerprint=fingerprint)
+                       epochs=overrides.get("epochs"), fingerprint=fingerprint,
+                       budget=overrides.get("budget"))
     if store_path:
         study.use_store(store_path)
     return study
