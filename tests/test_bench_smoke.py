@@ -57,3 +57,12 @@ def test_lite_variants_chooses_on_validation_only():
             (64, "tf_efficientnet_lite0", "inception", 0.66, 0.65, 0.64, 1.0),
             (64, "tf_efficientnet_lite0", "imagenet", 0.70, 0.66, 0.60, 1.0)]
     assert choose_on_validation(rows) is rows[0]  # best val; a tie never looks at test
+
+
+def test_budget_bench_quick_prints_a_row_per_budget(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/budget.py"), "--quick",
+                           "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("20s", "30s"))]
+    assert len(rows) == 2 and all("final-base" in r and "n=" in r for r in rows), proc.stdout

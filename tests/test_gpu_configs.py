@@ -116,7 +116,8 @@ def _backprop_step(spec, tmp: Path) -> Outcome:
     trainer = Trainer(net, spec, pipe, CPU, FP32, tmp / "checkpoint.pt", lambda row: None,
                       lambda line: None)
     shards = Shards.plan(len(x), spec.batch_size, 1)
-    loss_sum, _, seen = trainer._train_epoch(x, y, 0, shards, shards.steps * spec.epochs, 1, 0)
+    trainer.total = shards.steps * spec.epochs
+    loss_sum, _, seen = trainer._train_epoch(x, y, 0, shards, 1, 0)
     named = dict(net.named_parameters())
     trained = [n for n, p in named.items() if p.requires_grad]
     frozen = [n for n, p in named.items() if not p.requires_grad]
