@@ -265,7 +265,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import format_details
+    from .report import epochs_total, format_details
     from .record import format_epoch
     store, members, _, _ = _members(args)
     ids = dict(members)
@@ -281,8 +281,9 @@ def cmd_show(args) -> int:
         print("\n".join(format_details(json.loads(e["details"]))))
     else:
         print("  config: " + json.dumps(cfg, indent=1))
+    epochs = epochs_total(json.loads(e["details"]) if e["details"] else None, cfg["epochs"])
     for row in store.epochs(e["id"]):
-        print(format_epoch(row, cfg["epochs"]))
+        print(format_epoch(row, epochs))
     res = store.result(e["id"])
     if res:
         val = f"{res['val_acc']:.2%}" if res["val_acc"] is not None else "-"

@@ -256,7 +256,9 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
     n_test = final.get("test_size", sizes.get("test", 0))
     parent = next((r for r in rows if r.name == final["parent"]), None)
     pcfg = configs.get(final["parent"], {})
-    changes = [f"эпох {final['epochs']} (в сетке {pcfg.get('epochs', '?')})",
+    budget = final.get("budget")
+    changes = [f"эпох {final['epochs']:g}" + (f" (задано бюджетом времени {budget['budget']}; "
+                                             if budget else " (") + f"в сетке {pcfg.get('epochs', '?')})",
                f"разрешение {setting_value(final, 'resolution')} "
                f"(в сетке {setting_value(pcfg, 'resolution') if pcfg else '?'})",
                f"обучающих изображений {final['train_size']} (в сетке {sizes.get('train', '?')})"]
@@ -274,7 +276,16 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
                    "валидации у неё нет; тест в выборе конфигурации и числа эпох не участвовал.")
     else:
         out.append(f"Точность на валидации финальной модели: {pct(final['val_acc'])}.")
-    if final.get("seconds"):
+    if budget and budget.get("final_seconds"):
+        out.append(f"Бюджет времени {budget['budget']} на всё исследование: сетка заняла "
+                   f"{budget['grid_seconds'] / 60:.1f} мин, финальная стадия "
+                   f"{budget['final_seconds'] / 60:.1f} мин, всё исследование "
+                   f"{budget['study_seconds'] / 60:.1f} мин; запланировано "
+                   f"{budget['planned_steps']} шагов оптимизатора, выполнено "
+                   f"{budget['actual_steps']} (скорость по плану "
+                   f"{budget['planned_img_per_s']:.0f} изобр./с, в цикле "
+                   f"{budget['measured_img_per_s']:.0f}).")
+    elif final.get("seconds"):
         out.append(f"Финальная стадия заняла {final['seconds']:.0f} с.")
     return out
 

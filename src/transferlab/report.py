@@ -1,11 +1,18 @@
 """Tables, the best model and the experiment descriptions, read from the store (never trains)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import record
 from .final import interval95, rank_key
 from .store import Store
+
+
+def epochs_total(details: dict | None, config_epochs: int) -> int:
+    """The epochs a fit runs: a budgeted final's plan sets them, else its config."""
+    plan = (details or {}).get("budget_plan")
+    return math.ceil(plan["total_steps"] / plan["steps_per_epoch"]) if plan else config_epochs
 
 
 def format_details(d: dict) -> list[str]:
