@@ -203,19 +203,20 @@ class Trainer:
     def _fix_plan(self, shards: Shards, resumed: bool) -> None:
         """A budgeted fit's length, fixed once: the checkpoint's plan when resuming (on any
         machine), else the one recorded when this final first started, else a new one from
-        the time left now. Rank 0 decides; every rank takes the same steps."""
-        if self.budget is None:
+        the time left now, whose rate is then checked once. Rank 0 (the only one holding the
+        budget) decides; every rank takes the same steps."""
+        if not dist.broadcast(self.budget is not None):
             return
-        plan = self.plan
-        if dist.rank() == 0 and plan is None:
-            plan = self.budget.existing or self.budget.plan(shards.steps, shards.per_rank * dist.world())
-        self.plan = dist.broadcast(plan)
-        self._check_at = None if resumed or self.budget.existing else \
-            self.budget.check_step(self.plan)
+        plan, check_at = self.plan, None
+        kept = " (kept from the checkpoint)" if resumed else ""
         if dist.rank() == 0:
-            self.budget.record(self.plan)
-        kept = " (kept from the checkpoint)" if resumed else \
-            " (kept from its first start)" if self.budget.existing else ""
+            if plan is None and self.budget.existing is not None:
+                plan, kept = self.budget.existing, " (kept from its first start)"
+            elif plan is None:
+                plan = self.budget.plan(shards.steps, shards.per_rank * dist.world())
+                check_at = self.budget.check_step(plan)
+            self.budget.record(plan)
+        self.plan, self._check_at = dist.broadcast((plan, check_at))
         self.say(f"  {self.plan.text()}{kept}")
 
     def _clock(self, done: int, images: int) -> None:
@@ -233,7 +234,7 @@ class Trainer:
         if self.plan is None or done != self._check_at:
             return
         plan = None
-        if dist.rank() == 0:
+        if dist.rank() == 0:  # the others follow its decision
             since, images = self._timing
             plan = self.budget.replan(self.plan, done, images / max(time.perf_counter() - since, 1e-9))
         plan = dist.broadcast(plan)
