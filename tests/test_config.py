@@ -100,10 +100,8 @@ def test_external_results_parse():
 
 
 def test_shipped_configs_load():
-    from pathlib import Path
-    root = Path(__file__).resolve().parents[1] / "configs"
-    full = load_study(root / "cifar10.toml", fingerprint=None)
-    quick = load_study(root / "cifar10-quick.toml", fingerprint=None)
+    full = load_study("cifar10", fingerprint=None)  # shipped configs, by name
+    quick = load_study("cifar10-quick", fingerprint=None)
     assert full.data.source == "cifar10" and quick.data.source == "cifar10"
     source_models = {e.model for e in full.experiments if e.model != "baseline"}
     assert len(source_models) == 4

@@ -27,17 +27,18 @@ from transferlab.probe import fit_heads, fold_standardisation
 from transferlab.hardware import FP32
 from transferlab.models import make_head
 from transferlab.evaluate import on_images
+from transferlab.resources import shipped_configs
 from transferlab.train import Shards, Trainer
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 GPU_CONFIGS = ("cifar10.toml", "cifar10-t4.toml")
+CONFIGS = shipped_configs()  # the package's own, by name
 NUM_CLASSES, BATCH, CONVNET_SIDE = 10, 2, 32
 CPU = torch.device("cpu")
 
 
 def _specs(config: str):
     try:
-        return load_study(CONFIGS / config, fingerprint=None).experiments
+        return load_study(CONFIGS[config.removesuffix(".toml")], fingerprint=None).experiments
     except Exception:  # noqa: BLE001  test_gpu_configs_load reports it
         return []
 
@@ -49,7 +50,7 @@ EXPERIMENTS = [pytest.param(config, spec, id=f"{config.removesuffix('.toml')}:{s
 @pytest.mark.parametrize("config", GPU_CONFIGS)
 def test_gpu_configs_load(config):
     """They parse without reading data; 4 source models, each fine-tuned two ways."""
-    study = load_study(CONFIGS / config, fingerprint=None)
+    study = load_study(CONFIGS[config.removesuffix(".toml")], fingerprint=None)
     assert study.data.source == "cifar10"
     pretrained = [s for s in study.experiments if s.model != "baseline" and s.weights != "none"]
     configurations = {}

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import regimes
 from .errors import UserError
+from .resources import study_config
 from .store import is_server_url
 
 STORE_ENV = "TRANSFERLAB_STORE"  # replaces [study] store (e.g. a postgresql:// URL on a cluster)
@@ -204,6 +205,9 @@ _CHOICES = {"regime": REGIMES, "schedule": SCHEDULES, "augment": AUGMENTS,
             "precision": PRECISIONS, "normalize": NORMALIZE, "fit": FITS, "init": INITS,
             "optimizer.name": OPTIMIZERS, "head.kind": HEADS}
 
+# what a study is for, in one line: `transferlab configs` prints it; nothing else reads it
+_STUDY_KEYS["description"] = str
+
 
 class _Ctx:
     """Where a value came from, for error messages."""
@@ -370,10 +374,7 @@ def load_study(path: str | Path, data: str | None = None, subset: int | None = N
     The data's content key goes into every experiment id: pass `data.fingerprint` (the data
     layer reads the data; this one only records), or None to skip reading the data, e.g. to
     validate a config on a machine without it (ids then follow the source as typed)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} not found; studies ship in configs/ "
-                        "(e.g. configs/cifar10-quick.toml)")
+    path = study_config(path)  # a file, or the name of a shipped config
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:

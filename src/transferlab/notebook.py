@@ -1,8 +1,9 @@
 """Execute the study notebook headless and write the report: .ipynb with outputs, .html, chart.
 
-The notebook (notebooks/cifar10_transfer_learning.ipynb) drives the library; this module only
-fills in its parameters (a cell injected after the one tagged `parameters`, as papermill does),
-runs it with nbclient in the current directory, and exports it with nbconvert.
+The notebook (the package's notebooks/cifar10_transfer_learning.ipynb, see resources.py)
+drives the library; this module only fills in its parameters (a cell injected after the one
+tagged `parameters`, as papermill does), runs it with nbclient in the current directory, and
+exports it with nbconvert.
 """
 from __future__ import annotations
 
@@ -12,21 +13,10 @@ import re
 from pathlib import Path
 
 from .errors import UserError
+from .resources import notebook_template
 
-NOTEBOOK_NAME = "cifar10_transfer_learning.ipynb"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger(__name__)
-
-
-def notebook_path() -> Path:
-    """The study notebook: notebooks/ at the repository root (src layout, editable install)."""
-    here = Path(__file__).resolve()
-    for root in here.parents:
-        cand = root / "notebooks" / NOTEBOOK_NAME
-        if cand.is_file():
-            return cand
-    raise UserError(f"cannot find notebooks/{NOTEBOOK_NAME} above {here.parent}; run from a "
-                    "checkout of the repository (pip install -e .)")
 
 
 def parameters_cell(params: dict):
@@ -114,10 +104,11 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     """Run the notebook for one study; returns the files written.
 
     Writes <out>/<study>.ipynb (with outputs), <out>/<study>.html (self-contained: images are
-    embedded) and <out>/<study>-accuracy.png / .svg (saved by the notebook). Relative paths
-    (config, store, data root) are taken from the current directory, which is also the
-    kernel's working directory. If a cell fails, the partial notebook and HTML are still
-    written, then the error is raised.
+    embedded) and <out>/<study>-accuracy.png / .svg (saved by the notebook). `config` is a
+    path or a shipped config's name, passed to the notebook as given; relative paths are taken
+    from the current directory, which is also the kernel's working directory and the
+    notebook's `workdir`. If a cell fails, the partial notebook and HTML are still written,
+    then the error is raised.
     """
     import nbformat
     from nbclient import NotebookClient
@@ -126,15 +117,15 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     from .config import load_study
     from .data import fingerprint
 
-    config = Path(config)
+    config = str(config)
     study = load_study(config, data=data, subset=subset, epochs=epochs,  # fails early, names files
                        fingerprint=fingerprint, budget=budget)
     out_dir = Path(out_dir).expanduser().resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    src = Path(notebook) if notebook else notebook_path()
+    src = Path(notebook) if notebook else notebook_template()
     nb = nbformat.read(src, as_version=4)
-    params = {"config": _abs(config), "data": data, "subset": subset, "epochs": epochs,
-              "budget": budget,
+    params = {"config": config, "workdir": str(Path.cwd()), "data": data, "subset": subset,
+              "epochs": epochs, "budget": budget,
               "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
               "run_study": True}
     nb = inject(nb, params)
