@@ -5,15 +5,28 @@ import argparse
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 from .errors import UserError
+from .resources import is_shipped, shipped_configs
 
 DEFAULT_STORE = Path("runs/transferlab.db")
 OVERRIDES = ("data", "subset", "epochs", "budget")  # command-line settings a study run records
+CONFIG_HELP = "a shipped config's name (transferlab configs) or a .toml file"
+
+
+def shown(path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -33,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "CIFAR-10 or any image folder, resumable, with an honest report.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="run (or resume) every experiment of a study")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", help=CONFIG_HELP)
     _add_overrides(p)
     p.add_argument("--data-root", type=Path, help="download / decode cache (default ~/.cache/transferlab)")
     p.add_argument("--only", metavar="GLOB", help="run only experiments whose name matches")
@@ -51,18 +64,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="TensorBoard curves per experiment under DIR (needs transferlab[tensorboard])")
     for name, text in (("status", "a table of the study"), ("report", "results and the best model")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
+        p.add_argument("config", nargs="?", help=CONFIG_HELP + "; default: the last study run "
+                       "in the store")
         if name == "report":
             p.add_argument("--json", action="store_true",
                            help="print the table and the final model as JSON (for scripts)")
         _add_overrides(p)
     p = sub.add_parser("show", help="everything recorded about one experiment")
     p.add_argument("name")
-    p.add_argument("config", type=Path, nargs="?")
+    p.add_argument("config", nargs="?", help=CONFIG_HELP)
     _add_overrides(p)
     sub.add_parser("models", help="known models and whether their weights work offline")
+    sub.add_parser("configs", help="the study configs shipped with the package")
+    p = sub.add_parser("init", help="copy a shipped config to edit")
+    p.add_argument("name", help="a shipped config (transferlab configs)")
+    p.add_argument("dest", nargs="?", type=Path, help="the file to write (default NAME.toml "
+                   "here; a folder: NAME.toml in it); its stem becomes the study's name")
     p = sub.add_parser("notebook", help="execute the study notebook, write .ipynb and .html")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", help=CONFIG_HELP)
     _add_overrides(p)
     p.add_argument("--data-root", type=Path)
     p.add_argument("--out", type=Path, default=Path("reports"))
@@ -94,7 +113,8 @@ def _predict_parsers(sub) -> None:
     _add_overrides(p)
     p = sub.add_parser("export", help="a TorchScript or ONNX file plus a model card, checked")
     p.add_argument("name", help="the experiment to export")
-    p.add_argument("config", type=Path, nargs="?", help="default: the last study run in the store")
+    p.add_argument("config", nargs="?", help=CONFIG_HELP + "; default: the last study run in "
+                   "the store")
     p.add_argument("--format", required=True, choices=("torchscript", "onnx"))
     p.add_argument("--out", type=Path, default=Path("exports"), help="folder (default exports/)")
     p.add_argument("--data-root", type=Path, help="decode cache holding the study's test images")
@@ -148,7 +168,7 @@ def cmd_run(args) -> int:
     runner.register()
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
-    say(f"study {study.name}: {len(study.experiments)} experiments, store {runner.store.path}, "
+    say(f"study {study.name}: {len(study.experiments)} experiments, store {shown(runner.store.path)}, "
         f"device {runner.device}")
     if runner.tensorboard:
         say(f"TensorBoard curves under {runner.tensorboard}: tensorboard --logdir {runner.tensorboard}")
@@ -308,6 +328,55 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_configs(args) -> int:
+    """One line per shipped config: what it is for, its models, its rough size."""
+    from .config import load_study
+    for name, path in shipped_configs().items():
+        study = load_study(path, fingerprint=None)
+        raw = tomllib.loads(path.read_text(encoding="utf-8")).get("study", {})
+        print(f"{name:<14} {raw.get('description', '-')} | {config_size(study, raw)}")
+    print("\nrun one: transferlab run NAME; copy one to edit: transferlab init NAME [DEST]")
+    return 0
+
+
+def config_size(study, raw: dict) -> str:
+    """The models of a study and its rough size: experiments, data, resolution, epochs."""
+    models = list(dict.fromkeys(e.model.split(".")[0] for e in study.experiments))
+    epochs = sorted({e.epochs for e in study.experiments})
+    res = sorted({e.resolution for e in study.experiments if e.resolution})
+    data = f"{study.data.subset}/class" if study.data.subset else "every training image"
+    parts = [f"{len(study.experiments)} experiments" + (" + final" if study.final else ""),
+             f"{study.data.source}, {data}",
+             f"{res[0]}-{res[-1]} px" if len(res) > 1 else f"{res[0]} px" if res else "",
+             f"{epochs[0]}-{epochs[-1]} epochs" if len(epochs) > 1 else f"{epochs[0]} epochs"]
+    if raw.get("budget"):
+        parts.append(f"budget {raw['budget']}")
+    return f"models: {', '.join(models)} | size: {', '.join(p for p in parts if p)}"
+
+
+def cmd_init(args) -> int:
+    from .config import NAME_RE
+    shipped = shipped_configs()
+    if args.name.removesuffix(".toml") not in shipped:
+        raise UserError(f"no shipped config {args.name!r}; shipped: {', '.join(shipped)}")
+    name = args.name.removesuffix(".toml")
+    dest = args.dest or Path(f"{name}.toml")
+    if dest.is_dir():
+        dest = dest / f"{name}.toml"
+    if dest.exists():
+        raise UserError(f"{dest} exists; name another file (transferlab init {name} DEST) "
+                        "or remove it")
+    text = shipped[name].read_text(encoding="utf-8")
+    study = dest.stem if NAME_RE.match(dest.stem) else name
+    # the copy is a study of its own: its report is reports/<stem>.html, not the shipped one's
+    text = re.sub(r'^name = "[^"]*"', f'name = "{study}"', text, count=1, flags=re.MULTILINE)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text, encoding="utf-8")
+    print(f"wrote {dest}: a copy of {name} (study name {study!r}); edit it, then: "
+          f"transferlab run {shlex.quote(str(dest))}")
+    return 0
+
+
 def cmd_notebook(args) -> int:
     from .notebook import execute
     paths = execute(args.config, out_dir=args.out, data=args.data, subset=args.subset,
@@ -315,7 +384,7 @@ def cmd_notebook(args) -> int:
                     data_root=args.data_root,
                     timeout=args.timeout or None)
     for p in paths:
-        print(p)
+        print(shown(p))
     return 0
 
 
@@ -336,7 +405,8 @@ def cmd_store(args) -> int:
 def cmd_predict(args) -> int:
     from .predict import command
     from .trained import open_study
-    config = args.items[0] if args.items[0].lower().endswith(".toml") else None
+    first = args.items[0]
+    config = first if first.lower().endswith(".toml") or is_shipped(first) else None
     paths = [Path(p) for p in (args.items[1:] if config else args.items)]
     if not paths:
         raise UserError("name the images to predict: transferlab predict [CONFIG] PATH...")
@@ -366,6 +436,7 @@ def cmd_export(args) -> int:
 COMMANDS = {"run": cmd_run, "status": cmd_status, "report": cmd_report, "show": cmd_show,
             "models": cmd_models, "notebook": cmd_notebook, "store": cmd_store,
             "predict": cmd_predict, "export": cmd_export}
+COMMANDS.update(configs=cmd_configs, init=cmd_init)  # the package's shipped configs
 
 
 def main(argv: list[str] | None = None) -> int:
