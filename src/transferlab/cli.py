@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import shlex
 import sys
 import time
@@ -20,8 +19,11 @@ OVERRIDES = ("data", "subset", "epochs", "budget")  # command-line settings a st
 CONFIG_HELP = "a shipped config's name (transferlab configs) or a .toml file"
 
 
-def shown(path) -> str:
-    """A path as the user would type it: relative to the current folder when inside it."""
+def typed_path(path) -> str:
+    """A path as the user would type it: relative to the current folder when inside it (a
+    postgresql:// store stays the URL it is)."""
+    if "://" in str(path):
+        return str(path)
     path = Path(path)
     try:
         return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
@@ -79,7 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("init", help="copy a shipped config to edit")
     p.add_argument("name", help="a shipped config (transferlab configs)")
     p.add_argument("dest", nargs="?", type=Path, help="the file to write (default NAME.toml "
-                   "here; a folder: NAME.toml in it); its stem becomes the study's name")
+                   "here; a folder: NAME.toml in it)")
     p = sub.add_parser("notebook", help="execute the study notebook, write .ipynb and .html")
     p.add_argument("config", help=CONFIG_HELP)
     _add_overrides(p)
@@ -168,8 +170,8 @@ def cmd_run(args) -> int:
     runner.register()
     if args.rerun:
         say("will run again: " + ", ".join(runner.rerun(args.rerun)))
-    say(f"study {study.name}: {len(study.experiments)} experiments, store {shown(runner.store.path)}, "
-        f"device {runner.device}")
+    say(f"study {study.name}: {len(study.experiments)} experiments, store "
+        f"{typed_path(runner.store.path)}, device {runner.device}")
     if runner.tensorboard:
         say(f"TensorBoard curves under {runner.tensorboard}: tensorboard --logdir {runner.tensorboard}")
     out = runner.run(only=args.only, retry_failed=args.retry_failed, wait=args.wait)
@@ -253,7 +255,7 @@ def cmd_status(args) -> int:
     from .report import format_table, study_rows
     store, members, externals, name = _members(args)
     rows = study_rows(store, members, externals)
-    print(f"study {name} ({store.path})")
+    print(f"study {name} ({typed_path(store.path)})")
     print(format_table(rows))
     for line in other_runs(args, store, name, members):
         print(line)
@@ -268,7 +270,7 @@ def cmd_report(args) -> int:
     if args.json:
         print(json.dumps(report_json(name, store, rows, final), indent=1, default=str))
         return 0
-    print(f"study {name} ({store.path})\n")
+    print(f"study {name} ({typed_path(store.path)})\n")
     print(format_table(rows))
     for line in other_runs(args, store, name, grid):
         print(line)
@@ -355,7 +357,6 @@ def config_size(study, raw: dict) -> str:
 
 
 def cmd_init(args) -> int:
-    from .config import NAME_RE
     shipped = shipped_configs()
     if args.name.removesuffix(".toml") not in shipped:
         raise UserError(f"no shipped config {args.name!r}; shipped: {', '.join(shipped)}")
@@ -366,14 +367,12 @@ def cmd_init(args) -> int:
     if dest.exists():
         raise UserError(f"{dest} exists; name another file (transferlab init {name} DEST) "
                         "or remove it")
-    text = shipped[name].read_text(encoding="utf-8")
-    study = dest.stem if NAME_RE.match(dest.stem) else name
-    # the copy is a study of its own: its report is reports/<stem>.html, not the shipped one's
-    text = re.sub(r'^name = "[^"]*"', f'name = "{study}"', text, count=1, flags=re.MULTILINE)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(text, encoding="utf-8")
-    print(f"wrote {dest}: a copy of {name} (study name {study!r}); edit it, then: "
-          f"transferlab run {shlex.quote(str(dest))}")
+    # an exact copy, study name included: the experiments it shares with the shipped study keep
+    # their results and their files (runs/<study name>/<id>)
+    dest.write_text(shipped[name].read_text(encoding="utf-8"), encoding="utf-8")
+    print(f"wrote {dest}: a copy of {name}; edit it, then: transferlab run "
+          f"{shlex.quote(str(dest))}")
     return 0
 
 
@@ -384,7 +383,7 @@ def cmd_notebook(args) -> int:
                     data_root=args.data_root,
                     timeout=args.timeout or None)
     for p in paths:
-        print(shown(p))
+        print(typed_path(p))
     return 0
 
 
