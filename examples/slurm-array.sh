@@ -3,7 +3,7 @@
 # PostgreSQL store (claims, results) and a runs folder on the cluster's shared filesystem
 # (checkpoints, trained models, feature caches). Submit from the repository root:
 #   mkdir -p logs && sbatch examples/slurm-array.sh
-#   CONFIG=configs/my-study.toml sbatch --array=0-7 examples/slurm-array.sh
+#   CONFIG=my-study.toml sbatch --array=0-7 examples/slurm-array.sh
 # Watch it from anywhere: TRANSFERLAB_STORE=postgresql://... transferlab status
 #SBATCH --job-name=transferlab
 #SBATCH --array=0-3
@@ -14,7 +14,7 @@
 #SBATCH --output=logs/%x-%A_%a.out
 set -euo pipefail
 
-CONFIG=${CONFIG:-configs/cifar10.toml}
+CONFIG=${CONFIG:-cifar10}  # a shipped config by name, or a .toml file
 # The store: a database on a server every node reaches. Keep the password out of the URL
 # (~/.pgpass or PGPASSWORD; psycopg reads them like psql does).
 export TRANSFERLAB_STORE=${TRANSFERLAB_STORE:-postgresql://transferlab@dbhost:5432/studies}

@@ -1,6 +1,6 @@
 """Every experiment of the GPU studies can run: a config that cannot fails here, not on a GPU.
 
-For each experiment of configs/cifar10.toml and configs/cifar10-t4.toml the model is built as
+For each experiment of the shipped cifar10 and cifar10-t4 configs the model is built as
 the engine builds it (random weights: no internet here), its regime applied, and one real
 training step taken through the engine's own code (the Trainer's step with its optimiser and
 parameter groups; for probes, feature extraction and the head fit), then one evaluation, on 2
