@@ -53,6 +53,7 @@ def _env(data_root: Path | None = None, **extra) -> dict:
         [str(Path(sys.prefix) / "share" / "jupyter"), *filter(None, [env.get("JUPYTER_PATH")])])
     if data_root is not None:
         env["TRANSFERLAB_DATA"] = str(data_root)
+    env["OMP_NUM_THREADS"] = "1"  # tiny models on a busy 2-core box: a second thread spins
     return {**env, **extra}
 
 
