@@ -90,7 +90,8 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("budgets", nargs="*", default=["20m", "26m", "32m"])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "cifar10-quick.toml"))
+    ap.add_argument("--config", default="cifar10-quick", help="a shipped config's name or a "
+                    ".toml file (default cifar10-quick)")
     ap.add_argument("--data", help="data source (default: the config's)")
     ap.add_argument("--work", type=Path, help="folder for the store and logs (default: a new "
                     "temporary one); reusing it reuses its grid")
