@@ -135,3 +135,11 @@ def test_notebook_opened_by_hand_resolves_paths_from_the_workdir(tmp_path, data_
                                "workdir": str(drive), "data_root": str(data_root)})
     assert f"рабочий каталог: {drive}\n" in out and "исследование : cifar10-quick" in out
     assert (drive / "runs" / "transferlab.db").is_file() and not any(here.iterdir())
+
+
+def test_the_report_shows_a_shipped_configs_own_external_example(workdir):
+    """The notebook tells the user how to add their practical-1 result from the config's own
+    commented example, for a shipped config named as well as for a file."""
+    by_name = notebook.external_example("cifar10-quick")
+    assert by_name == notebook.external_example(shipped_configs()["cifar10-quick"])
+    assert by_name != notebook.EXTERNAL_EXAMPLE and by_name.startswith("[[external]]")

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from .errors import UserError
-from .resources import notebook_template
+from .resources import notebook_template, study_config
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger(__name__)
@@ -254,10 +254,11 @@ note = "my CNN from the first practical work, 30 epochs\""""
 
 def external_example(config) -> str:
     """The commented `[[external]]` example of a study config, uncommented: how a user adds
-    their own practical-1 result. EXTERNAL_EXAMPLE where the config has none (or is unreadable)."""
+    their own practical-1 result; `config` is a file or a shipped config's name.
+    EXTERNAL_EXAMPLE where the config has none (or is unreadable)."""
     try:
-        lines = Path(config).read_text(encoding="utf-8").splitlines()
-    except OSError:
+        lines = study_config(config).read_text(encoding="utf-8").splitlines()
+    except (OSError, UserError):
         return EXTERNAL_EXAMPLE
     for i, line in enumerate(lines):
         if line.strip() == "# [[external]]":
