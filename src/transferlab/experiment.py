@@ -177,7 +177,7 @@ def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_
         return probed
     result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
     if probed is not None:  # what the probe phase chose, kept beside the fine-tuned result
-        keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice")
+        keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice", "constant_features")
         result["extra"]["probe"] = {"val_acc": probed["val_acc"], "test_acc": probed["test_acc"],
                                     **{k: probed["extra"][k] for k in keep}}
     return result
