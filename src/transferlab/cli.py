@@ -190,7 +190,8 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
         return []
     shown = {i for _, i in members}
     missing = sum(store.get(i) is None for i in shown)
-    store_flag = f" --store {shlex.quote(str(args.store))}" if args.store else ""
+    from .store import mask_url
+    store_flag = f" --store {shlex.quote(mask_url(args.store))}" if args.store else ""
     lines, seen = [], set()
     for run in store.study_runs(name):
         ids = tuple(i for _, i in run["members"])

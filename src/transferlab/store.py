@@ -23,7 +23,6 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ClaimLost, UserError
 from .record import EPOCH_COLUMNS, RESULT_COLUMNS, RESULT_JSON, Result
@@ -223,12 +222,26 @@ class _Sqlite:
         self.db.close()
 
 
-def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+_SECRET_PARAM = re.compile(r"(^|&)([^=&]*password=)[^&]*", re.IGNORECASE)
+
+
+def mask_url(where) -> str:
+    """`where` as it may be shown, logged or written: a server URL's password (user:password@
+    and ?password= or ?sslpassword=) becomes ***; a file path is returned unchanged."""
+    text = str(where)
+    if not is_server_url(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    path, q, query = tail.partition("?")
+    if q:
+        query, hash_, frag = query.partition("#")
+        tail = f"{path}?{_SECRET_PARAM.sub(lambda m: m[1] + m[2] + '***', query)}{hash_}{frag}"
+    return f"{scheme}://{netloc}{tail}"
 
 
 class _Postgres:
@@ -244,7 +257,7 @@ class _Postgres:
             raise UserError("a PostgreSQL store needs psycopg 3: pip install 'transferlab[postgres]'"
                             " (make venv installs it)") from None
         self.psycopg, self.create = psycopg, create
-        self.path = _hide_password(url)  # what messages and `status` show
+        self.path = mask_url(url)  # what messages and `status` show
         try:
             self.db = psycopg.connect(url, autocommit=True, row_factory=dict_row,
                                       connect_timeout=15)
