@@ -75,8 +75,9 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
 
 
 def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
-        record_epoch, record_details, say) -> dict:
-    """Run one experiment; returns the result dict the store keeps."""
+        record_epoch, record_details, say, data_root: Path | None = None) -> dict:
+    """Run one experiment; returns the result dict the store keeps. `data_root` holds the
+    machine's cached numerics decisions (default: data.default_data_root())."""
     t_start = time.perf_counter()
     if not spec.uses_features:  # a batch too small for the processes fails before any work
         Shards.plan(len(splits.y["train"]), spec.batch_size, dist.world())
@@ -90,7 +91,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     resolution = spec.resolution or splits.image_size
     pipe = Pipeline(net.info.mean, net.info.std, resolution, spec.augment, device,
                     spec.channels_last)
-    choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt")
+    choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt", data_root)
     details = describe(spec, net, plan, choices, resolution, splits, device)
     record_details(details.as_dict())
     for line in details.lines():
@@ -118,7 +119,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
 
 
 def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
-                    checkpoint: Path) -> dict[str, Choice]:
+                    checkpoint: Path, data_root: Path | None = None) -> dict[str, Choice]:
     """Precision and fast paths per kind of work, decided on rank 0 and shared with the others.
     A resumed run keeps what its checkpoint ran with, so it stays bit-identical."""
     kinds = {"extract": net.backbone} if any(p.on_features(spec) for p in regimes.phases(spec)) else {}
@@ -141,7 +142,7 @@ def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, devi
                     choices[kind] = hardware.decide(
                         spec.precision, device, kind, module, model_key,
                         batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
-                        spec.channels_last)
+                        spec.channels_last, data_root)
         except Exception as e:  # noqa: BLE001  every rank must learn of it, or the others hang
             choices = f"choosing the numerics failed: {type(e).__name__}: {e}"
     choices = dist.broadcast(choices)

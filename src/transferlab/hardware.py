@@ -22,9 +22,10 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +39,7 @@ from . import kernels
 from .util import cpu_name
 
 KINDS = ("train", "extract", "eval")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -225,9 +227,11 @@ def choose(speeds: dict[str, float], order: list[str]) -> str:
 
 # ------------------------------------------------------------------ deciding
 
-def cache_path() -> Path:
-    root = os.environ.get("TRANSFERLAB_DATA") or Path.home() / ".cache" / "transferlab"
-    return Path(root) / "numerics.json"
+def cache_path(data_root: Path | None = None) -> Path:
+    """numerics.json in the data root: the study's --data-root, else $TRANSFERLAB_DATA, else
+    ~/.cache/transferlab."""
+    from .data import default_data_root
+    return Path(data_root or default_data_root()) / "numerics.json"
 
 
 def _read_cache(path: Path) -> dict:
@@ -241,15 +245,24 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
     """Read-modify-replace; two runners racing lose at most one entry (measured again later)."""
     data = _read_cache(path)
     data[key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home: the run goes on, the next one measures again
+        log.warning("cannot write the numerics cache %s (%s: %s); the choice is measured again "
+                    "next run. Pass --data-root DIR (or set TRANSFERLAB_DATA) to a writable "
+                    "folder to keep it", path, type(e).__name__, e)
+        with suppress(OSError):
+            tmp.unlink()
 
 
 def decide(precision: str, device: torch.device, kind: str, module: nn.Module, model_key: str,
-           batch: int, resolution: int, channels_last: bool) -> Choice:
-    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`."""
+           batch: int, resolution: int, channels_last: bool,
+           data_root: Path | None = None) -> Choice:
+    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`; measured
+    decisions are cached in `data_root` (see cache_path)."""
     if device.type == "cuda":
         c = cuda_candidates(precision, kind, native_bf16_cuda(device))[0]
         why = ("CUDA, native bf16" if c is BF16 and native_bf16_cuda(device) else
@@ -263,7 +276,7 @@ def decide(precision: str, device: torch.device, kind: str, module: nn.Module, m
                       "threads": torch.get_num_threads(), "model": model_key, "kind": kind,
                       "resolution": resolution, "batch": batch, "channels_last": channels_last,
                       "candidates": [c.name for c in cands]}, sort_keys=True)
-    path = cache_path()
+    path = cache_path(data_root)
     hit = _read_cache(path).get(key)
     order = [c.name for c in cands]
     if hit and hit.get("choice") in _BY_NAME:

@@ -315,7 +315,7 @@ class Runner:
                     record_details=(lambda d: (beat.check(), store.set_details(
                         spec.id, {**d, **(details or {})})))
                     if store else _noop,
-                    say=say if self.is_main else _noop)
+                    say=say if self.is_main else _noop, data_root=self.data_root)
         except ClaimLost:
             raise
         except WeightsUnavailable as e:  # not a failure: nothing here can fetch them
