@@ -208,9 +208,15 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say)
         out.update(evaluate.val_scores(*evaluate.on_images(
             net, pipe, splits.x["val"], splits.y["val"], batch, amp, spec.tta)))
     out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
-               extra={"fit": "backprop", "epoch_choice": "the validation-best epoch"
-                      if len(splits.y["val"]) else "the last epoch (no validation split)"})
+               extra={"fit": "backprop", "epoch_choice": _epoch_choice(spec, splits)})
     return out
+
+
+def _epoch_choice(spec: ExperimentSpec, splits: Splits) -> str:
+    if not len(splits.y["val"]):
+        return "the last epoch (no validation split)"
+    views = "with flip TTA" if spec.tta else "without TTA"
+    return f"the validation-best epoch (validation scored {views}, as the ranking and the test)"
 
 
 def env_record(device) -> dict:

@@ -172,7 +172,8 @@ def training_lines(d: dict, res: dict) -> list[str]:
     elif res.get("val_acc") is None:
         chosen = "the last epoch: no validation split to choose one"
     else:
-        chosen = f"weights of epoch {res.get('best_epoch', '?')}, chosen on validation"
+        chosen = f"weights of epoch {res.get('best_epoch', '?')}, " + \
+            (extra.get("epoch_choice") or "chosen on validation")
     s = d.get("schedule") or {}
     sched = f"{s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s)"
     if s.get("layer_decay", 1) < 1:
