@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import tomllib
@@ -318,6 +319,16 @@ def _check_values(ctx, where: str, s: ExperimentSpec) -> None:
         (0 <= s.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 < s.layer_decay <= 1, "layer_decay must be in (0, 1]"),
         (0 <= s.head.dropout < 1, "head.dropout must be in [0, 1)"),
+        (s.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {s.warmup_epochs:g}"),
+        (s.optimizer.weight_decay >= 0, "optimizer.weight_decay must be 0 or more"),
+        (len(s.probe_wd) > 0, "probe_wd must list at least one weight decay to choose from on "
+         "validation, e.g. probe_wd = [0.0, 1e-4, 1e-3, 1e-2]"),
+        (all(_number(w) and w >= 0 for w in s.probe_wd),
+         f"probe_wd must hold weight decays (numbers, 0 or more), got {list(s.probe_wd)}"),
+        (all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in s.head.hidden),
+         f"head.hidden must hold layer widths (positive integers), got {list(s.head.hidden)}"),
+        (len(s.optimizer.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in s.optimizer.betas),
+         f"optimizer.betas must be two numbers in [0, 1), got {list(s.optimizer.betas)}"),
         (regimes.check(s) is None, regimes.check(s)),
         (s.model != "baseline" or not regimes.get(s.regime).pretrained,
          "the baseline CNN has no pretrained weights: use regime = \"scratch\""),
@@ -325,6 +336,10 @@ def _check_values(ctx, where: str, s: ExperimentSpec) -> None:
     for ok, msg in checks:
         if not ok:
             raise ctx.fail(where, msg)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
@@ -342,6 +357,9 @@ def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
                                                if not isinstance(v, dict)})
             except KeyError as e:
                 raise ctx.fail(where, f"name template refers to unknown key {e}")
+            except (ValueError, IndexError, AttributeError) as e:
+                raise ctx.fail(where, f"name template {t['name']!r} is not valid ({e}); write "
+                               "it like \"lite0-{seed}\", with {KEY} for a key of this grid")
         out.append(t)
     return out
 
@@ -372,6 +390,7 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
     for key in raw:
         if key not in allowed:
             raise _unknown_key(ctx, "top level", key, allowed)
+        _check_table_shape(ctx, key, raw[key])
     st = raw.get("study", {})
     for key, value in st.items():
         if key == "final":
@@ -422,6 +441,17 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
                  externals, store, runs_dir,
                  tensorboard=base_dir / st["tensorboard"] if st.get("tensorboard") else None,
                  final=_parse_final(ctx, st.get("final"), epochs))
+
+
+def _check_table_shape(ctx, key: str, value) -> None:
+    """[study] and [defaults] are tables; experiment, grid and external arrays of tables."""
+    if key in ("study", "defaults"):
+        if not isinstance(value, dict):
+            raise ctx.fail("top level", f"{key} must be a table ([{key}] with its keys below "
+                           f"it), got {value!r}")
+    elif not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ctx.fail("top level", f"{key} must be an array of tables: one [[{key}]] per "
+                       f"{key}, with its keys below it; got {key} = {value!r}")
 
 
 def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:
