@@ -28,7 +28,7 @@ import torch
 
 from .config import DataSpec
 from .errors import UserError
-from .util import atomic_save, safe_load
+from .util import atomic_save, load_or_set_aside, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -439,15 +439,21 @@ def decoded(spec: DataSpec, root: Path, skip_bad: bool = False, max_resolution: 
     # large or mixed-size photos are resized once to a side that serves the largest input
     cache_size = spec.cache_size or max(AUTO_CACHE_SIDE, max_resolution)
     cache = root / "cache" / f"{key}-{cache_size}-v{CACHE_VERSION}.pt"
-    if cache.exists():
-        blob = safe_load(cache)
+    remove_stale_temps(cache.parent)  # what a killed decode left behind
+    blob = load_or_set_aside(cache, log.warning) if cache.exists() else None
+    if blob is not None:
         return blob["classes"], blob["splits"], blob["skipped"]
     log.info("decoding %s once into %s", spec.source, cache)
     if kind == "cifar10":
         classes, splits, skipped = _load_cifar10(root)
     else:
         classes, splits, skipped = _decode_folder(Path(arg), cache_size, skip_bad)
-    atomic_save({"classes": classes, "splits": splits, "skipped": skipped}, cache)
+    try:
+        atomic_save({"classes": classes, "splits": splits, "skipped": skipped}, cache)
+    except OSError as e:  # an unwritable data root costs a decode per run, not the run
+        log.warning("cannot write the decoded-data cache %s (%s: %s); the data is decoded "
+                    "again next run. Pass --data-root DIR (or set TRANSFERLAB_DATA) to a "
+                    "writable folder", cache, type(e).__name__, e)
     return classes, splits, skipped
 
 

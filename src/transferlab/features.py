@@ -21,7 +21,7 @@ from .hardware import Numerics
 from .kernels import frozen_for_inference
 from .net import Net
 from .optim import autocast
-from .util import atomic_save, eval_batch, progress, safe_load
+from .util import atomic_save, eval_batch, load_or_set_aside, progress
 
 
 def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str, number_format: str,
@@ -93,8 +93,9 @@ def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cac
         for view in split_views:
             key = feature_key(spec, net, split, view, number_format, int(x[split].shape[1]))
             path = cache_dir / f"{key}.pt"
-            if path.exists():
-                feats[split, view] = safe_load(path)
+            cached = load_or_set_aside(path, lambda m: say("  " + m)) if path.exists() else None
+            if cached is not None:
+                feats[split, view] = cached
                 continue
             t0 = time.perf_counter()
             f = extractor(x[split], flip=view == "flip")

@@ -170,6 +170,9 @@ def refuse_network_filesystem(path: Path, mounts: Path = MOUNTS) -> None:
 
 # ------------------------------------------------------------------ backends
 
+_UNWRITABLE = re.compile(r"readonly|read-only|unable to open|disk I/O error", re.IGNORECASE)
+
+
 class _Sqlite:
     """One file; transactions are BEGIN IMMEDIATE, which serialises every writer."""
     real, lock_row, local_pids = "REAL", "", True
@@ -179,18 +182,32 @@ class _Sqlite:
         refuse_network_filesystem(self.path, mounts)
         if not self.path.exists() and not create:
             raise UserError(f"no store at {self.path}; run a study first (transferlab run CONFIG)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                  check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                      check_same_thread=False)
+        except (OSError, sqlite3.OperationalError) as e:
+            raise self._unwritable(e) from None
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=60000")
+
+    def _unwritable(self, e: BaseException) -> UserError:
+        return UserError(f"cannot open the SQLite store {self.path} for writing ({type(e).__name__}:"
+                         f" {e}); SQLite also writes its -wal and -shm files beside it, so the "
+                         "folder must be writable. Pass --store PATH in a writable folder, or fix "
+                         "the folder's permissions")
 
     def execute(self, sql: str, params=()):
         return self.db.execute(sql, params)
 
     @contextmanager
     def tx(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _UNWRITABLE.search(str(e)):
+                raise self._unwritable(e) from None
+            raise
         try:
             yield
         except BaseException:
@@ -206,6 +223,8 @@ class _Sqlite:
         pass  # BEGIN IMMEDIATE is exclusive already
 
     def user_error(self, e: BaseException) -> UserError | None:
+        if isinstance(e, sqlite3.OperationalError) and _UNWRITABLE.search(str(e)):
+            return self._unwritable(e)
         if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
             return UserError(f"{self.path} is not a transferlab store ({e}); use another --store "
                              "path or move that file away")  # "file is not a database"
@@ -313,13 +332,13 @@ class Store:
         self.tokens: dict[str, str] = {}  # exp_id -> token of each claim this Store holds
         try:
             self._check_schema(create)  # before WAL: a file that is not ours must stay untouched
+            self.backend.ready()
         except BaseException as e:
             self.backend.close()
             err = self.backend.user_error(e)
             if err is not None:
                 raise err from None
             raise
-        self.backend.ready()
 
     def _x(self, sql: str, params=()):
         return self.backend.execute(sql, params)

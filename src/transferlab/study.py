@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -21,6 +22,7 @@ from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, default_data_root, make_splits
 from .errors import ClaimLost, ExperimentFailed, UserError, WeightsUnavailable
 from .store import Store, lease_seconds, owner_id
+from .util import load_or_set_aside, remove_stale_temps
 
 
 def say(msg: str) -> None:
@@ -50,6 +52,18 @@ def _take_over_old_dir(root: Path, spec: ExperimentSpec, path: Path) -> None:
                 return
             except OSError:  # another runner took it over first, or it is not a folder
                 continue
+
+
+def writable_folder(path: Path, what: str, fix: str) -> None:
+    """Create `path` and write a file in it, or fail now with what to pass instead, before any
+    experiment is claimed (checkpoints, models and feature caches go there)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the {what} {path} ({type(e).__name__}: {e}); pass {fix} "
+                        "to a writable folder, or fix its permissions") from None
 
 
 @dataclass
@@ -131,6 +145,7 @@ class Runner:
         self.skip_bad = skip_bad_images
         self.is_main = dist.rank() == 0
         self.store = Store(study.store)
+        remove_stale_temps(self.data_root)  # a numerics cache write that was killed
         self.lease = lease_seconds()
         self.owner = owner_id()  # unique per runner: hostname:pid:random
         self._splits: dict = {}  # DataSpec -> Splits (the final stage trains on all of train)
@@ -139,6 +154,8 @@ class Runner:
             from .tboard import require
             require()
         if register:  # a dry run writes nothing
+            if self.is_main:
+                writable_folder(study.runs_dir / study.name, "runs folder", "--runs-dir DIR")
             self._register()
 
     def _register(self) -> None:
@@ -295,9 +312,14 @@ class Runner:
         exp_dir = experiment_dir(self.study, spec)
         exp_dir.mkdir(parents=True, exist_ok=True)
         ckpt = exp_dir / "checkpoint.pt"
-        if self.is_main and not ckpt.exists():
-            self.store.clear_epochs(spec.id)
         feature_dir = self.study.runs_dir / "features"
+        if self.is_main:
+            remove_stale_temps(exp_dir, older_than=0)  # this runner holds the claim: none is live
+            remove_stale_temps(feature_dir)
+            if self._damaged(ckpt):
+                say("  the experiment starts again from epoch 0")
+            if not ckpt.exists():
+                self.store.clear_epochs(spec.id)
         store = self.store if self.is_main else None
         try:
             splits = self.splits(spec.data)
@@ -344,6 +366,15 @@ class Runner:
             self.store.finish(spec.id, result, env_record(self.device))
             ckpt.unlink(missing_ok=True)  # only now: a kill before `finish` resumes, not retrains
         return None
+
+    @staticmethod
+    def _damaged(ckpt: Path) -> bool:
+        """A checkpoint that cannot be read back is set aside (kept), so that the experiment
+        starts again instead of failing on every --retry-failed."""
+        try:
+            return ckpt.exists() and load_or_set_aside(ckpt, lambda m: say("  " + m)) is None
+        except UserError:  # one that could run code: refused where it is resumed, and the
+            return False   # experiment fails with that message (someone should look at it)
 
     def _curves(self, spec: ExperimentSpec):
         from .tboard import EpochCurves, NoCurves
