@@ -282,5 +282,6 @@ def test_a_damaged_model_file_is_a_clear_error_for_predict(tmp_path, monkeypatch
                            folder / "test", "--model", "main")
     assert rc == 2, out + err
     assert f"{model} is damaged or truncated (KeyError: 101)" in err
+    assert "transferlab run CONFIG --rerun main" in err
     no_traceback(out, err)
     prior()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
@@ -100,6 +101,7 @@ class ExperimentSpec:
     normalize: str = "auto"
     init: str = "default"  # random-init scheme for scratch / new layers
     data: DataSpec = field(default_factory=DataSpec)
+    weights_sha256: str = ""  # content of a weights = "file:PATH", filled in when resolved
 
     @property
     def id(self) -> str:
@@ -162,8 +164,7 @@ class Study:
 def experiment_id(spec: ExperimentSpec) -> str:
     """Hash of the resolved spec without its display name; the data enter by their content
     fingerprint, not by the path as typed (relative or absolute, from any folder: one id)."""
-    d = spec.to_dict()
-    d.pop("name")
+    d = _id_dict(spec)
     if d["data"]["fingerprint"]:
         d["data"].pop("source")
     return _spec_hash(d)
@@ -171,9 +172,17 @@ def experiment_id(spec: ExperimentSpec) -> str:
 
 def legacy_experiment_id(spec: ExperimentSpec) -> str:
     """The id this spec had before ids followed the data's fingerprint (source as typed)."""
+    return _spec_hash(_id_dict(spec))
+
+
+def _id_dict(spec: ExperimentSpec) -> dict:
+    """What an id hashes: the spec without its display name; a weights file's content only
+    where there is one (every other id stays as it was)."""
     d = spec.to_dict()
     d.pop("name")
-    return _spec_hash(d)
+    if not d["weights_sha256"]:
+        d.pop("weights_sha256")
+    return d
 
 
 def _spec_hash(d: dict) -> str:
@@ -253,7 +262,7 @@ def _merge_section(ctx, where: str, cls, base: dict, overrides: dict, prefix: st
 
 
 _NESTED = {"head": HeadSpec, "optimizer": OptimizerSpec}
-_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data"}
+_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data", "weights_sha256"}
 
 
 def _merge_experiment(ctx, where: str, base: dict, table: dict) -> dict:
@@ -283,6 +292,7 @@ def _default_experiment_dict() -> dict:
     d["head"] = dataclasses.asdict(spec.head)
     d["optimizer"] = dataclasses.asdict(spec.optimizer)
     d.pop("data")
+    d.pop("weights_sha256")
     return d
 
 
@@ -430,6 +440,8 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
             # all-layer phase, and says so in its description)
             d["gradual_head_epochs"] = min(d["gradual_head_epochs"], max(epochs - 1, 0))
         experiments.append(_build(ctx, where, d, dspec))
+    if fingerprint is not None:  # resolving for real: a weights file enters by its content
+        experiments = [_with_weights_digest(e, base_dir or Path.cwd()) for e in experiments]
     _check_unique(ctx, experiments)
     externals = [_parse_external(ctx, i, t) for i, t in enumerate(raw.get("external", []))]
     base_dir = base_dir or Path.cwd()
@@ -469,6 +481,34 @@ def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:
     if epochs_override is not None and final.epochs:  # --epochs caps every fit, the final's too
         final = dataclasses.replace(final, epochs=epochs_override)
     return final
+
+
+def _with_weights_digest(spec: ExperimentSpec, base_dir: Path) -> ExperimentSpec:
+    """A `file:PATH` spec with the file's sha256: replacing the file makes a new experiment
+    (and new cached features), not a stale "done". A missing file is left to the model
+    factory, which names it."""
+    if not spec.weights.startswith("file:"):
+        return spec
+    path = Path(spec.weights[5:]).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        return spec
+    return dataclasses.replace(spec, weights_sha256=file_digest(path))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, read once per process while its size and mtime hold."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_unique(ctx, experiments: list[ExperimentSpec]) -> None:

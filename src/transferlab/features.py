@@ -30,11 +30,14 @@ def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str, number_fo
     the images were decoded at, which a later high-resolution experiment can change for
     native-resolution ones), the data and split, and the number format of the extraction."""
     d = spec.data
-    blob = json.dumps({"arch": net.info.arch, "weights": spec.weights, "init": net.info.init,
-                       "res": spec.resolution, "mean": net.info.mean, "std": net.info.std,
-                       "data": [d.fingerprint or d.source, d.subset, d.val_fraction, d.cache_size],
-                       "decoded_side": decoded_side, "format": number_format,
-                       "split": split, "view": view, "v": 2}, sort_keys=True)
+    what = {"arch": net.info.arch, "weights": spec.weights, "init": net.info.init,
+            "res": spec.resolution, "mean": net.info.mean, "std": net.info.std,
+            "data": [d.fingerprint or d.source, d.subset, d.val_fraction, d.cache_size],
+            "decoded_side": decoded_side, "format": number_format,
+            "split": split, "view": view, "v": 2}
+    if spec.weights_sha256:  # a weights file: its content, not only its path
+        what["weights_sha256"] = spec.weights_sha256
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
