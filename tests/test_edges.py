@@ -285,3 +285,71 @@ def test_a_damaged_model_file_is_a_clear_error_for_predict(tmp_path, monkeypatch
     assert "transferlab run CONFIG --rerun main" in err
     no_traceback(out, err)
     prior()
+
+
+# ------------------------------------------------------------------ rerun paths
+
+RERUN = """
+[study]
+name = "again"
+data = "synthetic:16"
+
+[study.final]
+epochs = 1
+
+[defaults]
+model = "baseline"
+regime = "scratch"
+epochs = 1
+batch_size = 16
+resolution = 16
+
+[[experiment]]
+name = "base"
+
+[[experiment]]
+name = "lite-a"
+seed = 1
+
+[[experiment]]
+name = "lite-b"
+seed = 2
+"""
+
+
+def _results(db: Path) -> dict:
+    from test_reliability import q
+    return {r[0]: r[1] for r in q(db, "SELECT x.name, r.test_acc FROM results r JOIN "
+                                      "experiments x ON x.id = r.exp_id")}
+
+
+def test_rerun_applies_to_what_only_selects_and_reaches_the_final(tmp_path, monkeypatch, capsys):
+    (tmp_path / "s.toml").write_text(RERUN)
+    db = tmp_path / "runs" / "transferlab.db"
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml")
+    assert rc == 0, out + err
+    final_name = next(n for n in by_name(db) if n.startswith("final-"))
+    before = by_name(db)
+    # nothing --only selects matches: refused, nothing forgotten
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml", "--rerun", "lite*",
+                           "--only", "base")
+    assert rc == 2, out + err
+    assert "--rerun 'lite*' matches lite-a, lite-b, but --only 'base' selects none" in err
+    no_traceback(out, err)
+    assert by_name(db) == before and set(_results(db)) == set(before)
+    # the overlap only: base is trained again, the others are left as they are
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml", "--rerun", "*",
+                           "--only", "base")
+    assert rc == 0, out + err
+    assert "left as they are (not selected by --only 'base'): lite-a, lite-b" in out
+    assert "will run again: base" in out and "done: 1 ran" in out
+    after = by_name(db)
+    assert after["base"]["attempts"] == before["base"]["attempts"] + 1
+    assert all(after[n] == before[n] for n in ("lite-a", "lite-b", final_name))
+    # the final stage by name, as the README says
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml", "--rerun", "final-*",
+                           "--only", "final")
+    assert rc == 0, out + err
+    assert f"will run again: {final_name}" in out and "done: 1 ran" in out
+    assert by_name(db)[final_name]["attempts"] == before[final_name]["attempts"] + 1
+    assert set(_results(db)) == set(before)

@@ -125,13 +125,13 @@ def cmd_run(args) -> int:
                     tensorboard=args.tensorboard, register=not args.dry_run)
     if args.dry_run:  # a dry run changes nothing: no reset, no registration
         from .estimate import dry_run
-        again = runner.matching(args.rerun) if args.rerun else []
+        again = runner.matching(args.rerun, args.only) if args.rerun else []
         if again:
             say("would run again (a dry run forgets nothing): " + ", ".join(again))
         print(dry_run(runner, runner.select(args.only), again=set(again)))
         return 0
     if args.rerun:
-        say("will run again: " + ", ".join(runner.rerun(args.rerun)))
+        say("will run again: " + ", ".join(runner.rerun(args.rerun, args.only)))
     say(f"study {study.name}: {len(study.experiments)} experiments, store {runner.store.path}, "
         f"device {runner.device}")
     if runner.tensorboard:

@@ -176,22 +176,54 @@ class Runner:
     def select(self, only: str | None, with_final: bool = True) -> list[ExperimentSpec]:
         chosen = [e for e in self.study.experiments if not only or fnmatch.fnmatch(e.name, only)]
         if only and not chosen and not (with_final and self.study.final is not None
-                                         and fnmatch.fnmatch("final", only)):
+                                         and self._final_selected(only)):
             raise UserError(f"--only {only!r} matches no experiment; names: "
                             f"{', '.join(e.name for e in self.study.experiments)}")
         return chosen
 
-    def matching(self, pattern: str) -> list[str]:
-        """Names that --rerun PATTERN would forget (an error if none)."""
-        names = [e.name for e in self.study.experiments if fnmatch.fnmatch(e.name, pattern)]
+    def matching(self, pattern: str, only: str | None = None) -> list[str]:
+        """Names that --rerun PATTERN would forget: grid experiments and the final one (once
+        stored), among those --only selects; an error if none, so nothing is forgotten that
+        this run would not train again."""
+        names = [e.name for e in self._rerunnable() if fnmatch.fnmatch(e.name, pattern)]
         if not names:
-            raise UserError(f"--rerun {pattern!r} matches no experiment")
-        return names
+            raise UserError(f"--rerun {pattern!r} matches no experiment; names: "
+                            f"{', '.join(e.name for e in self._rerunnable())}")
+        chosen = [n for n in names if self._selected(n, only)]
+        if not chosen:
+            raise UserError(f"--rerun {pattern!r} matches {', '.join(names)}, but --only {only!r} "
+                            "selects none of them: they would be forgotten and not run again. "
+                            "Drop --only, or give one that selects them")
+        if len(chosen) < len(names):
+            say(f"--rerun {pattern!r}: left as they are (not selected by --only {only!r}): "
+                + ", ".join(n for n in names if n not in chosen))
+        return chosen
 
-    def rerun(self, pattern: str) -> list[str]:
-        names = self.matching(pattern)
+    def _selected(self, name: str, only: str | None) -> bool:
+        if not only or fnmatch.fnmatch(name, only):
+            return True
+        is_final = self.study.final is not None and name.startswith(final.FINAL_PREFIX) and \
+            name not in {e.name for e in self.study.experiments}
+        return is_final and self._final_selected(only)
+
+    @staticmethod
+    def _final_selected(only: str | None) -> bool:
+        """--only final, --only 'final-*' (or no --only) selects the final stage."""
+        return not only or fnmatch.fnmatch("final", only) or fnmatch.fnmatch(final.FINAL_PREFIX, only)
+
+    def _rerunnable(self) -> list[ExperimentSpec]:
+        """The grid's experiments, and the final stage's once the store holds it."""
+        specs = list(self.study.experiments)
+        if self.study.final is not None:
+            spec = final.plan(self.study, self.store).spec
+            if spec is not None and self.store.get(spec.id) is not None:
+                specs.append(spec)
+        return specs
+
+    def rerun(self, pattern: str, only: str | None = None) -> list[str]:
+        names = self.matching(pattern, only)
         if self.is_main:  # under torchrun the other ranks must not reset what rank 0 claims next
-            for e in self.study.experiments:
+            for e in self._rerunnable():
                 if e.name in names:
                     self.store.reset(e.id)
                     for f in ("checkpoint.pt", "model.pt"):
@@ -234,8 +266,7 @@ class Runner:
             held, out.busy = out.busy, []
             self._pass([(i, s) for i, s in enumerate(todo) if s.name in held], len(todo), out,
                        retry_failed, quiet=True)
-        if self.study.final is not None and (not only or fnmatch.fnmatch("final", only)
-                                             or fnmatch.fnmatch(final.FINAL_PREFIX, only)):
+        if self.study.final is not None and self._final_selected(only):
             self.run_final(out, retry_failed, wait)
         return out
 
