@@ -155,6 +155,7 @@ def _members(args):
         study = _load(args)
         store = Store(study.store, create=False)
         members = [(e.name, e.id) for e in study.experiments]
+        args.planned = {e.id: e.to_dict() for e in study.experiments}  # rows for unrun ones
         if study.final is not None:  # the final experiment, once the grid has chosen it
             from .final import plan
             spec = plan(study, store).spec
@@ -217,7 +218,8 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
 def cmd_status(args) -> int:
     from .report import format_table, study_rows
     store, members, externals, name = _members(args)
-    rows = study_rows(store, members, externals)
+    rows = study_rows(store, members, externals, planned=getattr(args, "planned", None),
+                      other_runs=bool(args.config and store.study_runs(name)))
     print(f"study {name} ({store.path})")
     print(format_table(rows))
     for line in other_runs(args, store, name, members):
@@ -229,7 +231,8 @@ def cmd_report(args) -> int:
     from .report import best_row, best_summary, final_summary, format_table, report_json, study_rows
     store, members, externals, name = _members(args)
     grid, final = _split_final(store, members)
-    rows = study_rows(store, grid, externals)
+    rows = study_rows(store, grid, externals, planned=getattr(args, "planned", None),
+                      other_runs=bool(args.config and store.study_runs(name)))
     if args.json:
         print(json.dumps(report_json(name, store, rows, final), indent=1, default=str))
         return 0
