@@ -353,3 +353,43 @@ def test_rerun_applies_to_what_only_selects_and_reaches_the_final(tmp_path, monk
     assert f"will run again: {final_name}" in out and "done: 1 ran" in out
     assert by_name(db)[final_name]["attempts"] == before[final_name]["attempts"] + 1
     assert set(_results(db)) == set(before)
+
+
+# ------------------------------------------------------------------ resume on a GPU
+
+@needs_lite0
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_resumed_gpu_run_continues_the_cuda_generator(tmp_path, monkeypatch, capsys):
+    """Dropout on CUDA draws from the GPU's generator: the checkpoint keeps it, so the resumed
+    run draws the masks the uninterrupted one would have."""
+    from test_reliability import GRADUAL
+    from transferlab.store import Store
+    from transferlab.train import Trainer
+    quick_config(tmp_path / "g.toml", name="grad", data="synthetic:8", epochs=3, body=GRADUAL)
+    saved, resumed = {}, {}
+    real_save, real_resume, real_add = Trainer._save, Trainer._resume, Store.add_epoch
+
+    def save(self, epoch, track):
+        real_save(self, epoch, track)
+        saved[epoch] = torch.cuda.get_rng_state(self.device).clone()
+
+    def resume(self):
+        out = real_resume(self)
+        resumed["state"] = torch.cuda.get_rng_state(self.device).clone()
+        return out
+
+    def ctrl_c_after_1(self, exp_id, row):
+        real_add(self, exp_id, row)
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(Trainer, "_save", save)
+    monkeypatch.setattr(Trainer, "_resume", resume)
+    monkeypatch.setattr(Store, "add_epoch", ctrl_c_after_1)
+    with pytest.raises(KeyboardInterrupt):
+        main_in(tmp_path, monkeypatch, capsys, "run", "g.toml", "--device", "cuda")
+    monkeypatch.setattr(Store, "add_epoch", real_add)
+    torch.randn(4096, device="cuda")  # the generator moves on, as in a new process it restarts
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "g.toml", "--device", "cuda")
+    assert rc == 0, out + err
+    assert "resuming from checkpoint after epoch 1" in out
+    assert torch.equal(resumed["state"], saved[1])
