@@ -262,7 +262,8 @@ def _merge_section(ctx, where: str, cls, base: dict, overrides: dict, prefix: st
 
 
 _NESTED = {"head": HeadSpec, "optimizer": OptimizerSpec}
-_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data", "weights_sha256"}
+_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data",
+                                                                           "weights_sha256"}
 
 
 def _merge_experiment(ctx, where: str, base: dict, table: dict) -> dict:

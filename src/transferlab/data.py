@@ -97,7 +97,7 @@ def fingerprint(source: str) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     else:
-        for p in sorted(path.rglob("*")):  # hidden files (.DS_Store, .ipynb_checkpoints) are no data
+        for p in sorted(path.rglob("*")):  # hidden files (.DS_Store, ...) are no data
             if p.is_file() and not is_hidden(p.relative_to(path)):
                 st = p.stat()
                 h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
@@ -260,7 +260,8 @@ def _decode_folder(path: Path, cache_size: int, skip_bad: bool):
     decoded: peak memory is the cache's size, whatever the photos' resolution."""
     reader = _FolderReader(path)
     if reader.hidden:
-        log.info("ignoring hidden files and folders in %s: %s", path, ", ".join(sorted(reader.hidden)))
+        log.info("ignoring hidden files and folders in %s: %s", path,
+                 ", ".join(sorted(reader.hidden)))
     test_name, classes = _check_layout(path, reader.members)
     splits, skipped = {}, []
     for split, out_name in (("train", "train"), (test_name, "test")):

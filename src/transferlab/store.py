@@ -192,8 +192,8 @@ class _Sqlite:
         self.db.execute("PRAGMA busy_timeout=60000")
 
     def _unwritable(self, e: BaseException) -> UserError:
-        return UserError(f"cannot open the SQLite store {self.path} for writing ({type(e).__name__}:"
-                         f" {e}); SQLite also writes its -wal and -shm files beside it, so the "
+        return UserError(f"cannot open the SQLite store {self.path} for writing "
+                         f"({type(e).__name__}: {e}); SQLite also writes its -wal and -shm files beside it, so the "
                          "folder must be writable. Pass --store PATH in a writable folder, or fix "
                          "the folder's permissions")
 

@@ -209,7 +209,8 @@ class Runner:
     @staticmethod
     def _final_selected(only: str | None) -> bool:
         """--only final, --only 'final-*' (or no --only) selects the final stage."""
-        return not only or fnmatch.fnmatch("final", only) or fnmatch.fnmatch(final.FINAL_PREFIX, only)
+        return not only or fnmatch.fnmatch("final", only) or \
+            fnmatch.fnmatch(final.FINAL_PREFIX, only)
 
     def _rerunnable(self) -> list[ExperimentSpec]:
         """The grid's experiments, and the final stage's once the store holds it."""

@@ -56,7 +56,7 @@ def safe_load(path: Path, map_location="cpu"):
                           "run again") from None
     except (IsADirectoryError, PermissionError, FileNotFoundError) as e:
         raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
-    except Exception as e:  # noqa: BLE001  torch reports damage as EOFError, KeyError, RuntimeError...
+    except Exception as e:  # noqa: BLE001  torch reports damage as EOFError, KeyError, ...
         raise DamagedFile(f"{path} is damaged or truncated ({_why(e)}); delete it and run "
                           "again") from None
 
