@@ -13,6 +13,36 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
+HOME_CACHE = Path.home() / ".cache" / "transferlab"  # the user's real caches: no test may touch them
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and modification time."""
+    if not root.is_dir():
+        return {}
+    return {str(p.relative_to(root)): (st.st_size, st.st_mtime_ns)
+            for p in root.rglob("*") if (st := p.stat()) and p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def _home_cache_seen() -> dict:
+    return {"files": _files(HOME_CACHE)}
+
+
+@pytest.fixture(autouse=True)
+def home_cache_untouched(_home_cache_seen):
+    """Fail a test after which ~/.cache/transferlab differs from what the session found there
+    (a module fixture's write fails the first test that used it)."""
+    yield
+    now = _files(HOME_CACHE)
+    before, _home_cache_seen["files"] = _home_cache_seen["files"], now
+    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+    if changed:
+        pytest.fail(f"{len(changed)} file(s) changed in {HOME_CACHE} during this test "
+                    f"({', '.join(changed[:5])}): tests must write only into their temporary "
+                    "folders (pass a data root, or set TRANSFERLAB_DATA)", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """One decode cache for the whole session (the CIFAR JPEG archive decodes once)."""

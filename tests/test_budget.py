@@ -179,8 +179,8 @@ def test_seconds_of_counts_training_scoring_and_features():
              "extract": plan.Rate(500.0, "measured")}
     sizes = {"train": 900, "val": 100, "test": 200}
     sec, what = plan.seconds_of(s[0], sizes, rates, eff=0.9)
-    # 3 epochs of 900 at 90 img/s, per-epoch validation, then val + test with two views
-    assert sec == pytest.approx(3 * 900 / 90 + (3 * 100 + 300 * 2) / 1000)
+    # 3 epochs of 900 at 90 img/s, validation each epoch and val + test at the end, 2 views
+    assert sec == pytest.approx(3 * 900 / 90 + (3 * 100 + 300) * 2 / 1000)
     assert "3 epoch(s) x 900 images at 90 img/s" in what
     sec, what = plan.seconds_of(s[1], sizes, rates, eff=0.9)
     images = 900 * 2 + 300 * 2

@@ -79,6 +79,16 @@ def test_status_names_the_overrides_that_have_results(cli, smoke_config):
     assert "no record" not in out and "no overrides: " not in out
 
 
+def test_status_of_settings_never_run_shows_the_configs_rows(cli, smoke_config):
+    code, out, _ = cli("run", smoke_config, "--only", "base", "--subset", "20", "--epochs", "1")
+    assert code == 0
+    code, out, _ = cli("status", smoke_config)
+    rows = {l.split()[0]: " ".join(l.split()) for l in out.splitlines()[1:5]}
+    assert "not run with these settings baseline scratch 32px, sgd lr=0.05, 2ep" in rows["base"]
+    assert "not run with these settings efficientnet_lite0 linear" in rows["lite0-linear"]
+    assert "unknown" not in out and " ? " not in out
+
+
 def test_dry_run_lists_work_and_trains_nothing(cli, smoke_config, workdir):
     code, out, _ = cli("run", smoke_config, "--dry-run")
     assert code == 0 and "still to run" in out and "pending" in out

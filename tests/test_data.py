@@ -79,3 +79,95 @@ def test_real_cifar_jpeg_subset(cifar_jpeg, data_root):
     assert s.classes[:3] == ["airplane", "automobile", "bird"]
     assert s.counts()["train"] == [18] * 10 and s.counts()["test"] == [4] * 10
     assert s.image_size == 32 and "JPEG q75" in s.description
+
+
+def _hidden_extras(root, splits=("train", "test")):
+    """What Jupyter, macOS and its archiver leave in a data folder."""
+    for split in splits:
+        ck = root / split / ".ipynb_checkpoints"
+        ck.mkdir(parents=True)
+        Image.new("RGB", (16, 16)).save(ck / "0-checkpoint.jpg")
+        mac = root / split / "__MACOSX" / "a"
+        mac.mkdir(parents=True)
+        (mac / "._0.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (root / "train" / "a" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    Image.new("RGB", (16, 16)).save(root / "train" / "b" / ".hidden.jpg")
+
+
+@pytest.mark.parametrize("where", [("train", "test"), ("train",)], ids=["both-splits", "train-only"])
+@pytest.mark.parametrize("kind", ["folder", "tar.gz"])
+def test_hidden_files_and_folders_are_neither_classes_nor_images(tmp_path, caplog, where, kind):
+    root = _folder(tmp_path / "imgs", classes=("a", "b"))
+    _hidden_extras(root, where)
+    src = root
+    if kind == "tar.gz":
+        src = tmp_path / "imgs.tar.gz"
+        with tarfile.open(src, "w:gz") as t:
+            t.add(root, arcname="imgs")
+    caplog.set_level("INFO", logger="transferlab.data")
+    s = D.make_splits(DataSpec(source=f"imagefolder:{src}", val_fraction=0.1), tmp_path / "c")
+    assert s.classes == ["a", "b"] and s.counts()["test"] == [4, 4]
+    assert len(s.y["train"]) + len(s.y["val"]) == 20  # .hidden.jpg and the checkpoints left out
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignoring hidden")]
+    assert len(said) == 1 and ".ipynb_checkpoints" in said[0] and "__MACOSX" in said[0], said
+
+
+def test_hidden_files_do_not_change_a_folders_fingerprint(tmp_path):
+    root = _folder(tmp_path / "imgs", classes=("a", "b"))
+    before = D.fingerprint(f"imagefolder:{root}")
+    _hidden_extras(root)
+    assert D.fingerprint(f"imagefolder:{root}") == before
+    Image.new("RGB", (16, 16)).save(root / "train" / "a" / "new.jpg")
+    assert D.fingerprint(f"imagefolder:{root}") != before
+
+
+def test_mixed_sizes_decode_like_resizing_each_native_image(tmp_path):
+    """Images at least the cache side shrink as they are decoded, smaller ones wait for the
+    study's side: the cache equals resizing every native image to that side."""
+    import numpy as np
+    root = tmp_path / "imgs"
+    sizes = [(40, 30), (64, 80), (23, 50), (90, 90), (33, 33)]  # (w, h); cache side 32
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            d = root / split / cls
+            d.mkdir(parents=True)
+            for i, wh in enumerate(sizes):
+                arr = rng.integers(0, 255, (wh[1], wh[0], 3), dtype=np.uint8)
+                Image.fromarray(arr).save(d / f"{i}.png")
+    spec = DataSpec(source=f"imagefolder:{root}", cache_size=32)
+    classes, splits, _ = D.decoded(spec, tmp_path / "c")
+    side = min(32, max(min(wh) for wh in sizes))
+    for split in ("train", "test"):
+        want = [D._square_resize(np.asarray(Image.open(root / split / c / f"{i}.png").convert("RGB")),
+                                 side) for c in ("a", "b") for i in range(len(sizes))]
+        assert torch.equal(splits[split][0], torch.from_numpy(np.stack(want)))
+    # all smaller than the cache side: the side is the largest shorter side, none resized early
+    small = DataSpec(source=f"imagefolder:{root}", cache_size=256)
+    x = D.decoded(small, tmp_path / "c2")[1]["train"][0]
+    assert x.shape[1:] == (90, 90, 3)
+
+
+def test_large_photos_are_not_all_held_at_full_size(tmp_path):
+    """24 photos of 1600 x 1200 (5.8 MB each decoded, 138 MB together): decoding into a
+    64 px cache holds only the few in flight, never all of them (numpy's allocations, which
+    tracemalloc sees)."""
+    import tracemalloc
+    import numpy as np
+    root = tmp_path / "photos"
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    for i in range(24):
+        d = root / ("test" if i % 4 == 3 else "train") / ("a", "b")[i // 4 % 2]
+        d.mkdir(parents=True, exist_ok=True)
+        arr = np.stack([(xx * (i + 1) // 13) % 256, (yy * 3) % 256, (xx + yy) % 256], 2)
+        Image.fromarray(arr.astype(np.uint8)).save(d / f"{i}.jpg", quality=80)
+    tracemalloc.start()
+    try:
+        _, splits, _ = D.decoded(DataSpec(source=f"imagefolder:{root}", cache_size=64),
+                                 tmp_path / "c")
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert splits["train"][0].shape == (18, 64, 64, 3) and splits["test"][0].shape == (6, 64, 64, 3)
+    workers = D.decode_workers()
+    assert peak < 5.8 * (3 * workers + 3), f"peak {peak:.0f} MB of numpy arrays"

@@ -1,6 +1,7 @@
 """The final stage: the validation-chosen configuration trained again on every training image,
 chosen like for like, resumable, reported apart; and no choice ever looks at the test split."""
 import json
+import re
 
 import pytest
 import torch
@@ -158,3 +159,47 @@ def test_shuffled_test_labels_change_no_choice(cli, workdir, monkeypatch):
     shuffled, final_shuffled, test_shuffled, grid_shuffled = choices("shuffled", True)
     assert plain == shuffled and final_plain == final_shuffled
     assert (test_plain, grid_plain) != (test_shuffled, grid_shuffled)  # the test figures moved
+
+
+def test_backprop_epochs_are_chosen_on_validation_scored_like_the_ranking(cli, workdir,
+                                                                         monkeypatch):
+    """Each epoch's validation accuracy (which picks the epoch) is scored with the views the
+    ranking and the test use: flip TTA when tta = true."""
+    from transferlab import evaluate
+    cfg = write_config(workdir / "tta.toml", """
+        [study]
+        name = "tta"
+        data = "synthetic:16"
+        val_fraction = 0.25
+
+        [defaults]
+        model = "baseline"
+        regime = "scratch"
+        epochs = 2
+        batch_size = 16
+        resolution = 16
+        precision = "fp32"
+        tta = true
+
+        [[experiment]]
+        name = "main"
+        """)
+    real, seen = evaluate.on_images, []
+
+    def spy(net, pipe, x, y, batch, amp, tta):
+        plain, views = real(net, pipe, x, y, batch, amp, tta)
+        seen.append((len(y), tta, views.acc))
+        return plain, views
+    monkeypatch.setattr(evaluate, "on_images", spy)
+    code, out, err = cli("run", cfg)
+    assert code == 0, out + err
+    per_epoch = seen[:2]  # then the test split and the validation split at the chosen weights
+    assert [(n, tta) for n, tta, _ in per_epoch] == [(16, True), (16, True)]
+    code, out, err = cli("report", cfg, "--json")
+    rows = {r["name"]: r for r in json.loads(out)["rows"]}
+    code, out, err = cli("show", "main", cfg)
+    accs = [float(a) / 100 for a in re.findall(r"^ +epoch .*val acc (\d+\.\d+)%", out, re.M)]
+    assert accs == pytest.approx([acc for _, _, acc in per_epoch], abs=1e-4)
+    assert rows["main"]["val_acc"] == max(acc for _, _, acc in per_epoch)
+    code, out, err = cli("report", cfg)
+    assert "validation scored with flip TTA, as the ranking and the test" in out

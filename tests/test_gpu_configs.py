@@ -23,7 +23,7 @@ from transferlab import models, regimes
 from transferlab.augment import Pipeline
 from transferlab.config import load_study
 from transferlab.features import cached_features, probe_views
-from transferlab.probe import fit_heads, fold_standardisation
+from transferlab.probe import fit_heads, fold_standardisation, standardisation
 from transferlab.hardware import FP32
 from transferlab.models import make_head
 from transferlab.evaluate import on_images
@@ -156,7 +156,7 @@ def _probe_step(spec, tmp: Path) -> Outcome:
     views = probe_views(spec)
     fs = cached_features(spec, net, pipe, x, tmp / "features", FP32, views, lambda line: None)
     train_f = torch.cat([fs.feats["train", v] for v in views["train"]])
-    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
+    mean, std, _ = standardisation(train_f)
     train_y = y.repeat(len(views["train"]))
     val_f = [(fs.feats["val", v] - mean) / std for v in views["val"]]
     wds = list(spec.probe_wd)

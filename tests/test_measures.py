@@ -37,7 +37,8 @@ def test_whitening_filters_come_from_every_class(tmp_path, monkeypatch):
                           epochs=1, batch_size=16, channels_last=False, precision="fp32")
     with pytest.raises(_Stop):
         experiment.run(spec, splits, tmp_path / "exp", tmp_path / "feat", torch.device("cpu"),
-                       lambda row: None, lambda d: None, lambda msg: None)
+                       lambda row: None, lambda d: None, lambda msg: None,
+                       data_root=tmp_path / "data")
     red = seen["images"][:, 0, 0, 0]  # one value per image: its class's normalised grey level
     values = sorted(set(red.tolist()))
     assert len(values) == 3, "the sample misses a class"

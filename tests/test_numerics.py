@@ -29,7 +29,7 @@ class FakeCPU:
     def __init__(self, monkeypatch, native_bf16: bool, table: dict, tmp_path):
         self.calls: list[tuple[str, list[str]]] = []
         self.table = table
-        monkeypatch.setattr(hardware, "cache_path", lambda: tmp_path / "numerics.json")
+        monkeypatch.setattr(hardware, "cache_path", lambda data_root=None: tmp_path / "numerics.json")
         monkeypatch.setattr(hardware, "native_bf16_cpu", lambda: native_bf16)
         monkeypatch.setattr(hardware, "measure", self.measure)
 

@@ -355,3 +355,61 @@ def test_the_budget_ledger_adds_up_postgres_and_sqlite(where):
     finally:
         a.close()
         b.close()
+
+
+# ------------------------------------------------------------------ secrets stay secret
+
+PASSWORD = "Pw-9f3kq71"  # the test server trusts every login: what matters is where it shows
+
+
+def _secret_urls(pg_url: str) -> tuple[str, str]:
+    """The same store with its password in the user:password form and in the query form."""
+    with_user = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    return with_user, f"{pg_url}?password={PASSWORD}"
+
+
+def test_status_and_report_never_show_a_store_password(tmp_path, pg_url, monkeypatch, capsys):
+    user_form, query_form = _secret_urls(pg_url)
+    quick_config(tmp_path / "s.toml")
+    shown = []
+    for extra in ((), ("--epochs", "2")):  # two override sets: status hints at the other one
+        rc, out, err = main_in(tmp_path, monkeypatch, capsys, "run", "s.toml", *extra,
+                               "--store", user_form)
+        assert rc == 0, out + err
+        shown.append(out + err)
+    commands = (("status", "s.toml"), ("status",), ("report", "s.toml"),
+                ("report", "s.toml", "--json"), ("show", "main", "s.toml"))
+    for url in (user_form, query_form):
+        for cmd in commands:
+            rc, out, err = main_in(tmp_path, monkeypatch, capsys, *cmd, "--store", url)
+            assert rc == 0, out + err
+            shown.append(out + err)
+        monkeypatch.setenv("TRANSFERLAB_STORE", url)
+        for cmd in commands:
+            rc, out, err = main_in(tmp_path, monkeypatch, capsys, *cmd)
+            assert rc == 0, out + err
+            shown.append(out + err)
+        monkeypatch.delenv("TRANSFERLAB_STORE")
+    assert not [s for s in shown if PASSWORD in s]
+    text = "\n".join(shown)
+    assert "postgres:***@127.0.0.1" in text and "?password=***" in text
+    assert "the store also holds study rel run with" in text and "--store 'postgresql://postgres:***@" in text
+
+
+def test_the_notebook_never_holds_a_store_password(tmp_path, pg_url, monkeypatch, capsys):
+    """The executed .ipynb and .html are what users commit and hand in: the kernel gets a
+    server URL from the environment, and the report names it masked."""
+    user_form, query_form = _secret_urls(pg_url)
+    quick_config(tmp_path / "s.toml", name="nbsecret")
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "notebook", "s.toml", "--store",
+                           user_form, "--out", "a")
+    assert rc == 0, out + err
+    monkeypatch.setenv("TRANSFERLAB_STORE", query_form)
+    rc, out, err = main_in(tmp_path, monkeypatch, capsys, "notebook", "s.toml", "--out", "b")
+    assert rc == 0, out + err
+    for folder, masked in (("a", "postgres:***@127.0.0.1"), ("b", "?password=***")):
+        for name in ("nbsecret.ipynb", "nbsecret.html"):
+            text = (tmp_path / folder / name).read_text(encoding="utf-8")
+            assert PASSWORD not in text, f"{folder}/{name}"
+            assert masked in text, f"{folder}/{name}"
+    assert rows(pg_url, "SELECT status FROM experiments") == [("done",)]  # it used that store

@@ -153,7 +153,7 @@ def cmd_run(args) -> int:
                     tensorboard=args.tensorboard, register=False, started=args.started)
     for note in study.notes:
         say(f"note: {note}")
-    again = set(runner.matching(args.rerun)) if args.rerun else set()
+    again = set(runner.matching(args.rerun, args.only)) if args.rerun else set()
     if args.dry_run:  # a dry run changes nothing: no reset, no registration
         if again:
             say("would run again (a dry run forgets nothing): " + ", ".join(sorted(again)))
@@ -169,7 +169,7 @@ def cmd_run(args) -> int:
     runner.check_budget(again)  # before anything is reset, registered or trained
     runner.register()
     if args.rerun:
-        say("will run again: " + ", ".join(runner.rerun(args.rerun)))
+        say("will run again: " + ", ".join(runner.rerun(args.rerun, args.only)))
     say(f"study {study.name}: {len(study.experiments)} experiments, store "
         f"{typed_path(runner.store.path)}, device {runner.device}")
     if runner.tensorboard:
@@ -193,6 +193,7 @@ def _members(args):
         study = _load(args)
         store = Store(study.store, create=False)
         members = [(e.name, e.id) for e in study.experiments]
+        args.planned = {e.id: e.to_dict() for e in study.experiments}  # rows for unrun ones
         if study.final is not None:  # the final experiment, once the grid has chosen it
             from .final import plan
             spec = plan(study, store).spec
@@ -228,7 +229,8 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
         return []
     shown = {i for _, i in members}
     missing = sum(store.get(i) is None for i in shown)
-    store_flag = f" --store {shlex.quote(str(args.store))}" if args.store else ""
+    from .store import mask_url
+    store_flag = f" --store {shlex.quote(mask_url(args.store))}" if args.store else ""
     lines, seen = [], set()
     for run in store.study_runs(name):
         ids = tuple(i for _, i in run["members"])
@@ -254,7 +256,8 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
 def cmd_status(args) -> int:
     from .report import format_table, study_rows
     store, members, externals, name = _members(args)
-    rows = study_rows(store, members, externals)
+    rows = study_rows(store, members, externals, planned=getattr(args, "planned", None),
+                      other_runs=bool(args.config and store.study_runs(name)))
     print(f"study {name} ({typed_path(store.path)})")
     print(format_table(rows))
     for line in other_runs(args, store, name, members):
@@ -266,7 +269,8 @@ def cmd_report(args) -> int:
     from .report import best_row, best_summary, final_summary, format_table, report_json, study_rows
     store, members, externals, name = _members(args)
     grid, final = _split_final(store, members)
-    rows = study_rows(store, grid, externals)
+    rows = study_rows(store, grid, externals, planned=getattr(args, "planned", None),
+                      other_runs=bool(args.config and store.study_runs(name)))
     if args.json:
         print(json.dumps(report_json(name, store, rows, final), indent=1, default=str))
         return 0
@@ -416,7 +420,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .data import default_data_root
+    from .util import default_data_root
     from .export import export
     from .trained import load, open_study
     study = open_study(args.config, args.store, DEFAULT_STORE, _overrides(args))

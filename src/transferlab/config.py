@@ -16,9 +16,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import tomllib
@@ -101,6 +103,7 @@ class ExperimentSpec:
     init: str = "default"  # random-init scheme for scratch / new layers
     budget: str = ""  # a budgeted final stage: the study's time budget as written ("25m")
     data: DataSpec = field(default_factory=DataSpec)
+    weights_sha256: str = ""  # content of a weights = "file:PATH", filled in when resolved
 
     @property
     def id(self) -> str:
@@ -165,15 +168,14 @@ class Study:
 def experiment_id(spec: ExperimentSpec) -> str:
     """Hash of the resolved spec without its display name; the data enter by their content
     fingerprint, not by the path as typed (relative or absolute, from any folder: one id)."""
-    d = spec.to_dict()
-    d.pop("name")
+    d = _id_dict(spec)
     if d["data"]["fingerprint"]:
         d["data"].pop("source")
-    _drop_unset(d)
     return _spec_hash(d)
 
 
-_LATER_FIELDS = {"budget": ""}  # fields added after ids were first pinned: left out while unset
+# fields added after ids were first pinned: left out of the hash while unset
+_LATER_FIELDS = {"budget": "", "weights_sha256": ""}
 
 
 def _drop_unset(d: dict) -> None:
@@ -185,10 +187,16 @@ def _drop_unset(d: dict) -> None:
 
 def legacy_experiment_id(spec: ExperimentSpec) -> str:
     """The id this spec had before ids followed the data's fingerprint (source as typed)."""
+    return _spec_hash(_id_dict(spec))
+
+
+def _id_dict(spec: ExperimentSpec) -> dict:
+    """What an id hashes: the spec without its display name; a weights file's content only
+    where there is one (every other id stays as it was)."""
     d = spec.to_dict()
     d.pop("name")
     _drop_unset(d)
-    return _spec_hash(d)
+    return d
 
 
 def _spec_hash(d: dict) -> str:
@@ -272,7 +280,8 @@ def _merge_section(ctx, where: str, cls, base: dict, overrides: dict, prefix: st
 
 
 _NESTED = {"head": HeadSpec, "optimizer": OptimizerSpec}
-_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {"data", "budget"}
+_EXPERIMENT_FIELDS = {f.name for f in dataclasses.fields(ExperimentSpec)} - {
+    "data", "budget", "weights_sha256"}  # set by the study, not by a table
 
 
 def _merge_experiment(ctx, where: str, base: dict, table: dict) -> dict:
@@ -303,6 +312,7 @@ def _default_experiment_dict() -> dict:
     d["optimizer"] = dataclasses.asdict(spec.optimizer)
     d.pop("data")
     d.pop("budget")  # the study's, given to its final stage only
+    d.pop("weights_sha256")
     return d
 
 
@@ -339,6 +349,16 @@ def _check_values(ctx, where: str, s: ExperimentSpec) -> None:
         (0 <= s.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
         (0 < s.layer_decay <= 1, "layer_decay must be in (0, 1]"),
         (0 <= s.head.dropout < 1, "head.dropout must be in [0, 1)"),
+        (s.warmup_epochs >= 0, f"warmup_epochs must be 0 or more, got {s.warmup_epochs:g}"),
+        (s.optimizer.weight_decay >= 0, "optimizer.weight_decay must be 0 or more"),
+        (len(s.probe_wd) > 0, "probe_wd must list at least one weight decay to choose from on "
+         "validation, e.g. probe_wd = [0.0, 1e-4, 1e-3, 1e-2]"),
+        (all(_number(w) and w >= 0 for w in s.probe_wd),
+         f"probe_wd must hold weight decays (numbers, 0 or more), got {list(s.probe_wd)}"),
+        (all(isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in s.head.hidden),
+         f"head.hidden must hold layer widths (positive integers), got {list(s.head.hidden)}"),
+        (len(s.optimizer.betas) == 2 and all(_number(b) and 0 <= b < 1 for b in s.optimizer.betas),
+         f"optimizer.betas must be two numbers in [0, 1), got {list(s.optimizer.betas)}"),
         (regimes.check(s) is None, regimes.check(s)),
         (s.model != "baseline" or not regimes.get(s.regime).pretrained,
          "the baseline CNN has no pretrained weights: use regime = \"scratch\""),
@@ -346,6 +366,10 @@ def _check_values(ctx, where: str, s: ExperimentSpec) -> None:
     for ok, msg in checks:
         if not ok:
             raise ctx.fail(where, msg)
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
@@ -363,6 +387,9 @@ def _expand_grid(ctx, where: str, table: dict) -> list[dict]:
                                                if not isinstance(v, dict)})
             except KeyError as e:
                 raise ctx.fail(where, f"name template refers to unknown key {e}")
+            except (ValueError, IndexError, AttributeError) as e:
+                raise ctx.fail(where, f"name template {t['name']!r} is not valid ({e}); write "
+                               "it like \"lite0-{seed}\", with {KEY} for a key of this grid")
         out.append(t)
     return out
 
@@ -390,6 +417,7 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
     for key in raw:
         if key not in allowed:
             raise _unknown_key(ctx, "top level", key, allowed)
+        _check_table_shape(ctx, key, raw[key])
     st = raw.get("study", {})
     for key, value in st.items():
         if key == "final":
@@ -429,6 +457,8 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
             # all-layer phase, and says so in its description)
             d["gradual_head_epochs"] = min(d["gradual_head_epochs"], max(epochs - 1, 0))
         experiments.append(_build(ctx, where, d, dspec))
+    if fingerprint is not None:  # resolving for real: a weights file enters by its content
+        experiments = [_with_weights_digest(e, base_dir or Path.cwd()) for e in experiments]
     _check_unique(ctx, experiments)
     externals = [_parse_external(ctx, i, t) for i, t in enumerate(raw.get("external", []))]
     base_dir = base_dir or Path.cwd()
@@ -471,6 +501,17 @@ def _resolve_budget(ctx, budget: str | None, final: FinalSpec | None, epochs: in
     return budget.strip(), notes
 
 
+def _check_table_shape(ctx, key: str, value) -> None:
+    """[study] and [defaults] are tables; experiment, grid and external arrays of tables."""
+    if key in ("study", "defaults"):
+        if not isinstance(value, dict):
+            raise ctx.fail("top level", f"{key} must be a table ([{key}] with its keys below "
+                           f"it), got {value!r}")
+    elif not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ctx.fail("top level", f"{key} must be an array of tables: one [[{key}]] per "
+                       f"{key}, with its keys below it; got {key} = {value!r}")
+
+
 def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:
     if table is None:
         return None
@@ -486,6 +527,34 @@ def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:
     if epochs_override is not None and final.epochs:  # --epochs caps every fit, the final's too
         final = dataclasses.replace(final, epochs=epochs_override)
     return final
+
+
+def _with_weights_digest(spec: ExperimentSpec, base_dir: Path) -> ExperimentSpec:
+    """A `file:PATH` spec with the file's sha256: replacing the file makes a new experiment
+    (and new cached features), not a stale "done". A missing file is left to the model
+    factory, which names it."""
+    if not spec.weights.startswith("file:"):
+        return spec
+    path = Path(spec.weights[5:]).expanduser()
+    path = path if path.is_absolute() else base_dir / path
+    if not path.is_file():
+        return spec
+    return dataclasses.replace(spec, weights_sha256=file_digest(path))
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, read once per process while its size and mtime hold."""
+    st = Path(path).stat()
+    return _digest(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _check_unique(ctx, experiments: list[ExperimentSpec]) -> None:

@@ -13,9 +13,13 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import lzma
 import math
 import os
 import tarfile
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +28,7 @@ import torch
 
 from .config import DataSpec
 from .errors import UserError
-from .util import atomic_save, safe_load
+from .util import atomic_save, load_or_set_aside, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +97,8 @@ def fingerprint(source: str) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     else:
-        for p in sorted(path.rglob("*")):
-            if p.is_file():
+        for p in sorted(path.rglob("*")):  # hidden files (.DS_Store, ...) are no data
+            if p.is_file() and not is_hidden(p.relative_to(path)):
                 st = p.stat()
                 h.update(f"{p.relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return f"folder-{h.hexdigest()[:16]}"
@@ -135,22 +139,56 @@ def _square_resize(arr: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
+HIDDEN_NAMES = {"__MACOSX"}  # what macOS's archiver adds beside dot-files
+
+
+def is_hidden(rel) -> bool:
+    """A hidden file or folder anywhere on a relative path: `.ipynb_checkpoints/` (Jupyter),
+    `.DS_Store`, `._x.jpg`, `__MACOSX/`. Never a class, never an image."""
+    return any((p.startswith(".") and p not in (".", "..")) or p in HIDDEN_NAMES
+               for p in Path(rel).parts)
+
+
+_ARCHIVE_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _open_archive(path: Path):
+    """(the open tar, its members), or a clear error for a file that is no readable archive."""
+    try:
+        tar = tarfile.open(path, "r:*")
+        return tar, tar.getmembers()  # reads every header: a truncated archive fails here
+    except _ARCHIVE_ERRORS as e:
+        raise UserError(f"{path} is not a readable tar archive ({type(e).__name__}: {e}); pass a "
+                        "folder, or a .tar / .tar.gz holding train/<class>/ and test/<class>/ "
+                        "(re-create it if it was cut short)") from None
+
+
 class _FolderReader:
-    """Lists and reads train/test image files from a folder or a tar archive."""
+    """Lists and reads train/test image files from a folder or a tar archive; hidden files and
+    folders are left out (and counted in `hidden`)."""
 
     def __init__(self, path: Path):
         self.path = path
-        self.tar = tarfile.open(path, "r:*") if path.is_file() else None
+        self.tar, tar_members = _open_archive(path) if path.is_file() else (None, [])
         if self.tar is None and not path.is_dir():
             raise UserError(f"{path} is neither a folder nor a tar archive")
-        self.members = self._list()
+        self.hidden: set[str] = set()  # the hidden names met, for one line in the log
+        self.members = self._list(tar_members)
 
-    def _list(self) -> dict[str, dict[str, list]]:
+    def _visible(self, rel: str) -> bool:
+        if is_hidden(rel):
+            self.hidden.update(p for p in Path(rel).parts if is_hidden(p))
+            return False
+        return True
+
+    def _list(self, tar_members) -> dict[str, dict[str, list]]:
         entries: dict[str, dict[str, list]] = {}
-        names = ([m for m in self.tar.getmembers() if m.isfile()] if self.tar
+        names = ([m for m in tar_members if m.isfile()] if self.tar
                  else [p for p in sorted(self.path.rglob("*")) if p.is_file()])
         for item in names:
             rel = item.name if self.tar else str(item.relative_to(self.path))
+            if not self._visible(rel):
+                continue
             parts = [p for p in Path(rel).parts if p not in (".",)]
             # accept an optional single top folder: top/train/<class>/file
             if len(parts) == 4 and parts[1] in ("train", *TEST_SPLIT_NAMES):
@@ -158,7 +196,7 @@ class _FolderReader:
             if len(parts) != 3 or parts[0] not in ("train", *TEST_SPLIT_NAMES):
                 continue
             split, cls, fname = parts
-            if fname.startswith(".") or Path(fname).suffix.lower() not in IMAGE_EXTS:
+            if Path(fname).suffix.lower() not in IMAGE_EXTS:
                 continue  # non-image files are ignored
             entries.setdefault(split, {}).setdefault(cls, []).append(item)
         # class folders with no image files at all still count, to report them as empty
@@ -167,18 +205,23 @@ class _FolderReader:
                 d = self.path / split
                 if d.is_dir():
                     for c in d.iterdir():
-                        if c.is_dir():
+                        if c.is_dir() and self._visible(str(c.relative_to(self.path))):
                             entries.setdefault(split, {}).setdefault(c.name, [])
         else:
-            for m in self.tar.getmembers():
+            for m in tar_members:
                 parts = Path(m.name).parts
-                if m.isdir() and len(parts) >= 2 and parts[-2] in ("train", *TEST_SPLIT_NAMES):
+                if m.isdir() and len(parts) >= 2 and parts[-2] in ("train", *TEST_SPLIT_NAMES) \
+                        and self._visible(m.name):
                     entries.setdefault(parts[-2], {}).setdefault(parts[-1], [])
         return entries
 
     def read(self, item) -> bytes:
         if self.tar:
-            return self.tar.extractfile(item).read()
+            try:
+                return self.tar.extractfile(item).read()
+            except _ARCHIVE_ERRORS as e:
+                raise UserError(f"{self.path}: cannot read {item.name} from the archive "
+                                f"({type(e).__name__}: {e}); re-create the archive") from None
         return Path(item).read_bytes()
 
     def name(self, item) -> str:
@@ -198,6 +241,11 @@ def _check_layout(path: Path, entries: dict) -> tuple[str, list[str]]:
         raise UserError(f"{path}: train and {test_name} class folders differ (only in train: "
                         f"{only_train or '-'}; only in {test_name}: {only_test or '-'}); "
                         "both splits need the same class folders")
+    if len(train_classes) < 2:
+        raise UserError(f"{path}: found {len(train_classes)} class folder "
+                        f"({', '.join(train_classes) or 'none'}) in train/ and {test_name}/; a "
+                        "classifier needs at least two classes, one folder per class "
+                        "(train/<class>/<image>)")
     for split in ("train", test_name):
         for cls in train_classes:
             if not entries[split][cls]:
@@ -208,33 +256,126 @@ def _check_layout(path: Path, entries: dict) -> tuple[str, list[str]]:
 
 
 def _decode_folder(path: Path, cache_size: int, skip_bad: bool):
+    """Decode a folder or archive split by split, each image shrunk to the cache side as it is
+    decoded: peak memory is the cache's size, whatever the photos' resolution."""
     reader = _FolderReader(path)
+    if reader.hidden:
+        log.info("ignoring hidden files and folders in %s: %s", path,
+                 ", ".join(sorted(reader.hidden)))
     test_name, classes = _check_layout(path, reader.members)
-    arrays, skipped = {}, []
+    splits, skipped = {}, []
     for split, out_name in (("train", "train"), (test_name, "test")):
-        imgs, labels = [], []
-        for label, cls in enumerate(classes):
-            for item in reader.members[split][cls]:
-                try:
-                    imgs.append(decode_image(reader.read(item), reader.name(item)))
-                    labels.append(label)
-                except Exception as e:  # PIL raises many types for broken files
-                    if not skip_bad:
-                        raise UserError(f"cannot decode image {reader.name(item)}: {e}. Replace "
-                                        "or delete it, or pass --skip-bad-images to skip such "
-                                        "files") from None
-                    skipped.append(reader.name(item))
-        arrays[out_name] = (imgs, labels)
-    sizes = {a.shape[:2] for imgs, _ in arrays.values() for a in imgs}
-    side = _cache_side(sizes, cache_size)
-    out = {}
-    for split, (imgs, labels) in arrays.items():
-        if not imgs:
+        items = [(label, item) for label, cls in enumerate(classes)
+                 for item in reader.members[split][cls]]
+        splits[out_name] = _SplitImages(len(items), cache_size)
+        for label, name, result in _decode_stream(reader, items, cache_size):
+            if isinstance(result, Exception):  # PIL raises many types for broken files
+                if not skip_bad:
+                    raise UserError(f"cannot decode image {name}: {result}. Replace or delete it, "
+                                    "or pass --skip-bad-images to skip such files")
+                skipped.append(name)
+                continue
+            splits[out_name].add(*result, label)
+    for split, images in splits.items():
+        if not images.count:
             raise UserError(f"{path}: no decodable images in {split}")
-        stacked = np.stack([_square_resize(a, side) if a.shape[:2] != (side, side) else a
-                            for a in imgs])
-        out[split] = (torch.from_numpy(stacked), torch.tensor(labels, dtype=torch.int64))
-    return classes, out, skipped
+    side = _cache_side(set().union(*(i.sizes for i in splits.values())), cache_size)
+    return classes, {k: v.tensors(side) for k, v in splits.items()}, skipped
+
+
+def decode_workers() -> int:
+    """Threads decoding images at once (PIL releases the GIL while it decodes and resizes)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _decode_stream(reader: "_FolderReader", items: list, cache_size: int):
+    """(label, name, (array, native (h, w)) or the exception) per item, in order. The reader
+    reads in this thread (a tar file is not thread-safe); a few threads decode, with only
+    2 x threads files read ahead, so neither raw files nor full-size images pile up."""
+    workers = decode_workers()
+    with ThreadPoolExecutor(workers) as pool:
+        pending: deque = deque()
+        for label, item in items:
+            name = reader.name(item)
+            try:
+                job = pool.submit(_decode_for_cache, reader.read(item), name, cache_size)
+            except UserError:
+                raise
+            except Exception as e:  # noqa: BLE001  an unreadable file is a bad image too
+                job = _failed(e)
+            pending.append((label, name, job))
+            if len(pending) >= 2 * workers:
+                yield _finished(*pending.popleft())
+        while pending:
+            yield _finished(*pending.popleft())
+
+
+def _failed(e: Exception):
+    from concurrent.futures import Future
+    job = Future()
+    job.set_exception(e)
+    return job
+
+
+def _finished(label, name, job):
+    try:
+        return label, name, job.result()
+    except Exception as e:  # noqa: BLE001  reported (or skipped) by the caller
+        return label, name, e
+
+
+def _decode_for_cache(raw: bytes, name: str, cache_size: int) -> tuple[np.ndarray, tuple]:
+    """(the image, its native (h, w)): at least `cache_size` on its shorter side, it is resized to
+    the cache side at once; a smaller one stays native until the study's side is known."""
+    arr = decode_image(raw, name)
+    hw = arr.shape[:2]
+    return (_square_resize(arr, cache_size) if min(hw) >= cache_size else arr), hw
+
+
+class _SplitImages:
+    """One split's decoded images in file order. Those already at the cache side go straight
+    into one preallocated uint8 tensor (pages are touched only as rows are written); smaller
+    ones wait, native, for the final side (`_cache_side` needs every image's size)."""
+
+    def __init__(self, n: int, cache_size: int):
+        self.n, self.cache_size = n, cache_size
+        self.big: torch.Tensor | None = None
+        self.small: dict[int, np.ndarray] = {}
+        self.labels: list[int] = []
+        self.sizes: set = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.labels)
+
+    def add(self, arr: np.ndarray, native_hw: tuple, label: int) -> None:
+        i = self.count
+        if min(native_hw) >= self.cache_size:
+            if self.big is None:
+                self.big = torch.empty((self.n, self.cache_size, self.cache_size, 3),
+                                       dtype=torch.uint8)
+            self.big[i].numpy()[:] = arr
+        else:
+            self.small[i] = arr
+        self.labels.append(label)
+        self.sizes.add(tuple(native_hw))
+
+    def tensors(self, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 NHWC images at `side`, int64 labels)."""
+        fit = lambda a: a if a.shape[:2] == (side, side) else _square_resize(a, side)  # noqa: E731
+        if self.big is None:
+            x = torch.from_numpy(np.stack([fit(self.small[i]) for i in range(self.count)]))
+        else:  # some image was at least the cache side on its shorter side: side is that
+            assert side == self.cache_size, (side, self.cache_size)
+            for i, a in self.small.items():
+                self.big[i].numpy()[:] = fit(a)
+            x = self.big if self.count == self.n else self.big[:self.count].clone()
+        self.small, self.big = {}, None
+        return x, torch.tensor(self.labels, dtype=torch.int64)
 
 
 def _cache_side(sizes: set, cache_size: int) -> int:
@@ -299,15 +440,21 @@ def decoded(spec: DataSpec, root: Path, skip_bad: bool = False, max_resolution: 
     # large or mixed-size photos are resized once to a side that serves the largest input
     cache_size = spec.cache_size or max(AUTO_CACHE_SIDE, max_resolution)
     cache = root / "cache" / f"{key}-{cache_size}-v{CACHE_VERSION}.pt"
-    if cache.exists():
-        blob = safe_load(cache)
+    remove_stale_temps(cache.parent)  # what a killed decode left behind
+    blob = load_or_set_aside(cache, log.warning) if cache.exists() else None
+    if blob is not None:
         return blob["classes"], blob["splits"], blob["skipped"]
     log.info("decoding %s once into %s", spec.source, cache)
     if kind == "cifar10":
         classes, splits, skipped = _load_cifar10(root)
     else:
         classes, splits, skipped = _decode_folder(Path(arg), cache_size, skip_bad)
-    atomic_save({"classes": classes, "splits": splits, "skipped": skipped}, cache)
+    try:
+        atomic_save({"classes": classes, "splits": splits, "skipped": skipped}, cache)
+    except OSError as e:  # an unwritable data root costs a decode per run, not the run
+        log.warning("cannot write the decoded-data cache %s (%s: %s); the data is decoded "
+                    "again next run. Pass --data-root DIR (or set TRANSFERLAB_DATA) to a "
+                    "writable folder", cache, type(e).__name__, e)
     return classes, splits, skipped
 
 
@@ -351,9 +498,12 @@ def make_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
     counts = torch.bincount(ytr, minlength=ncls)
     n_val = {c: (max(1, round(spec.val_fraction * int(counts[c]))) if spec.val_fraction else 0)
              for c in range(ncls)}
-    if any(n_val[c] >= int(counts[c]) for c in range(ncls) if spec.val_fraction):
-        raise UserError(f"val_fraction {spec.val_fraction} leaves no training images in some "
-                        "class; use more images (--subset) or a smaller val_fraction")
+    starved = [f"{classes[c]} ({int(counts[c])} image{'s' if int(counts[c]) != 1 else ''})"
+               for c in range(ncls) if spec.val_fraction and n_val[c] >= int(counts[c])]
+    if starved:
+        raise UserError(f"val_fraction {spec.val_fraction} leaves no training images in class "
+                        f"{', '.join(starved)}; use more images (--subset) or a smaller "
+                        "val_fraction")
     val_idx = _stratified_take(ytr, n_val, seed=2)
     mask = torch.ones(len(ytr), dtype=torch.bool)
     mask[val_idx] = False
@@ -375,5 +525,4 @@ def describe_source(spec: DataSpec) -> str:
     return f"{what}{sub}, val {spec.val_fraction:.0%} of train"
 
 
-def default_data_root() -> Path:
-    return Path(os.environ.get("TRANSFERLAB_DATA", Path.home() / ".cache" / "transferlab"))
+

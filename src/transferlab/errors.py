@@ -21,3 +21,8 @@ class ClaimLost(Exception):
 class WeightsUnavailable(UserError):
     """Pretrained weights cannot be fetched here (no internet, nothing cached): the experiment
     ends as skipped, with the reason and the command that fetches them, not as a failure."""
+
+
+class DamagedFile(UserError):
+    """A saved file that cannot be read back (truncated, overwritten, not a tensor file at all).
+    A cache or checkpoint of ours is set aside and made again; any other file is an error."""

@@ -75,11 +75,12 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
 
 
 def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
-        record_epoch, record_details, say, budget=None) -> dict:
+        record_epoch, record_details, say, budget=None, data_root: Path | None = None) -> dict:
     """Run one experiment; returns the result dict the store keeps.
 
     `budget`: a budgeted final stage's account of the time left (the study runner's); its
-    plan fixes how many steps the backprop fit trains."""
+    plan fixes how many steps the backprop fit trains. `data_root` holds the machine's cached
+    numerics decisions (default: util.default_data_root())."""
     t_start = time.perf_counter()
     if not spec.uses_features:  # a batch too small for the processes fails before any work
         Shards.plan(len(splits.y["train"]), spec.batch_size, dist.world())
@@ -94,7 +95,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     pipe = Pipeline(net.info.mean, net.info.std, resolution, spec.augment, device,
                     spec.channels_last)
     choices = choose_numerics(spec, net, resolution, device, exp_dir / "checkpoint.pt",
-                              need_rate=budget is not None)
+                              need_rate=budget is not None, data_root=data_root)
     details = describe(spec, net, plan, choices, resolution, splits, device)
     record_details(details.as_dict())
     for line in details.lines():
@@ -128,13 +129,15 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
 
 
 def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
-                    checkpoint: Path, need_rate: bool = False) -> dict[str, Choice]:
+                    checkpoint: Path, need_rate: bool = False,
+                    data_root: Path | None = None) -> dict[str, Choice]:
     """Precision and fast paths per kind of work, decided on rank 0 and shared with the others.
     A resumed run keeps what its checkpoint ran with, so it stays bit-identical."""
     choices: dict | str = {}
     if dist.rank() == 0:
         try:
-            choices = decide_numerics(spec, net, resolution, device, checkpoint, need_rate)
+            choices = decide_numerics(spec, net, resolution, device, checkpoint, need_rate,
+                                      data_root)
         except Exception as e:  # noqa: BLE001  every rank must learn of it, or the others hang
             choices = f"choosing the numerics failed: {type(e).__name__}: {e}"
     choices = dist.broadcast(choices)
@@ -144,7 +147,8 @@ def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, devi
 
 
 def decide_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
-                    checkpoint: Path | None = None, need_rate: bool = False) -> dict[str, Choice]:
+                    checkpoint: Path | None = None, need_rate: bool = False,
+                    data_root: Path | None = None) -> dict[str, Choice]:
     """This process's numerics decision for each kind of work the experiment does (the time
     budget's plan asks it too, so the experiment later finds the same timings cached)."""
     kinds = {"extract": net.backbone} if any(p.on_features(spec) for p in regimes.phases(spec)) else {}
@@ -164,7 +168,7 @@ def decide_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, devi
             choices[kind] = hardware.decide(
                 spec.precision, device, kind, module, model_key,
                 batches.get(kind, eval_batch(spec.batch_size, device)), resolution,
-                spec.channels_last, need_rate=need_rate)
+                spec.channels_last, need_rate=need_rate, data_root=data_root)
     return choices
 
 
@@ -196,7 +200,7 @@ def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_
         return probed
     result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say, budget)
     if probed is not None:  # what the probe phase chose, kept beside the fine-tuned result
-        keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice")
+        keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice", "constant_features")
         result["extra"]["probe"] = {"val_acc": probed["val_acc"], "test_acc": probed["test_acc"],
                                     **{k: probed["extra"][k] for k in keep}}
     return result
@@ -227,12 +231,18 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
         out.update(evaluate.val_scores(*evaluate.on_images(
             net, pipe, splits.x["val"], splits.y["val"], batch, amp, spec.tta)))
     out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
-               extra={"fit": "backprop", "epoch_choice": "the validation-best epoch"
-                      if len(splits.y["val"]) else "the last epoch (no validation split)",
+               extra={"fit": "backprop", "epoch_choice": _epoch_choice(spec, splits),
                       "steps": fit.steps})
     if fit.plan is not None:  # what the budget planned, beside what ran
         out["extra"]["budget_plan"] = fit.plan.as_dict()
     return out
+
+
+def _epoch_choice(spec: ExperimentSpec, splits: Splits) -> str:
+    if not len(splits.y["val"]):
+        return "the last epoch (no validation split)"
+    views = "with flip TTA" if spec.tta else "without TTA"
+    return f"the validation-best epoch (validation scored {views}, as the ranking and the test)"
 
 
 def env_record(device) -> dict:

@@ -21,7 +21,7 @@ from .hardware import Numerics
 from .kernels import frozen_for_inference
 from .net import Net
 from .optim import autocast
-from .util import atomic_save, eval_batch, progress, safe_load
+from .util import atomic_save, eval_batch, load_or_set_aside, progress
 
 
 def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str, number_format: str,
@@ -30,11 +30,14 @@ def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str, number_fo
     the images were decoded at, which a later high-resolution experiment can change for
     native-resolution ones), the data and split, and the number format of the extraction."""
     d = spec.data
-    blob = json.dumps({"arch": net.info.arch, "weights": spec.weights, "init": net.info.init,
-                       "res": spec.resolution, "mean": net.info.mean, "std": net.info.std,
-                       "data": [d.fingerprint or d.source, d.subset, d.val_fraction, d.cache_size],
-                       "decoded_side": decoded_side, "format": number_format,
-                       "split": split, "view": view, "v": 2}, sort_keys=True)
+    what = {"arch": net.info.arch, "weights": spec.weights, "init": net.info.init,
+            "res": spec.resolution, "mean": net.info.mean, "std": net.info.std,
+            "data": [d.fingerprint or d.source, d.subset, d.val_fraction, d.cache_size],
+            "decoded_side": decoded_side, "format": number_format,
+            "split": split, "view": view, "v": 2}
+    if spec.weights_sha256:  # a weights file: its content, not only its path
+        what["weights_sha256"] = spec.weights_sha256
+    blob = json.dumps(what, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -93,8 +96,9 @@ def cached_features(spec: ExperimentSpec, net: Net, pipe: Pipeline, x: dict, cac
         for view in split_views:
             key = feature_key(spec, net, split, view, number_format, int(x[split].shape[1]))
             path = cache_dir / f"{key}.pt"
-            if path.exists():
-                feats[split, view] = safe_load(path)
+            cached = load_or_set_aside(path, lambda m: say("  " + m)) if path.exists() else None
+            if cached is not None:
+                feats[split, view] = cached
                 continue
             t0 = time.perf_counter()
             f = extractor(x[split], flip=view == "flip")

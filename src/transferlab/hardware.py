@@ -22,9 +22,10 @@ from __future__ import annotations
 import copy
 import datetime
 import json
+import logging
 import os
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -35,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .util import cpu_name
+from .util import cpu_name, default_data_root
 
 KINDS = ("train", "extract", "eval")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -238,9 +240,10 @@ def choose(speeds: dict[str, float], order: list[str]) -> str:
 
 # ------------------------------------------------------------------ deciding
 
-def cache_path() -> Path:
-    root = os.environ.get("TRANSFERLAB_DATA") or Path.home() / ".cache" / "transferlab"
-    return Path(root) / "numerics.json"
+def cache_path(data_root: Path | None = None) -> Path:
+    """numerics.json in the data root: the study's --data-root, else $TRANSFERLAB_DATA, else
+    ~/.cache/transferlab."""
+    return Path(data_root or default_data_root()) / "numerics.json"
 
 
 def _read_cache(path: Path) -> dict:
@@ -254,10 +257,17 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
     """Read-modify-replace; two runners racing lose at most one entry (measured again later)."""
     data = _read_cache(path)
     data[key] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home: the run goes on, the next one measures again
+        log.warning("cannot write the numerics cache %s (%s: %s); the choice is measured again "
+                    "next run. Pass --data-root DIR (or set TRANSFERLAB_DATA) to a writable "
+                    "folder to keep it", path, type(e).__name__, e)
+        with suppress(OSError):
+            tmp.unlink()
 
 
 def _cache_key(device: torch.device, model_key: str, kind: str, resolution: int, batch: int,
@@ -270,8 +280,10 @@ def _cache_key(device: torch.device, model_key: str, kind: str, resolution: int,
 
 
 def decide(precision: str, device: torch.device, kind: str, module: nn.Module, model_key: str,
-           batch: int, resolution: int, channels_last: bool, need_rate: bool = False) -> Choice:
-    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`.
+           batch: int, resolution: int, channels_last: bool, need_rate: bool = False,
+           data_root: Path | None = None) -> Choice:
+    """How to run `module` for `kind` work ("train", "extract", "eval") on `device`; measured
+    decisions are cached in `data_root` (see cache_path).
 
     `need_rate`: the chosen way's images/s are wanted too (a time budget plans with them),
     so a way that was not timed to be chosen (the only candidate, CUDA) is timed alone."""
@@ -285,20 +297,20 @@ def decide(precision: str, device: torch.device, kind: str, module: nn.Module, m
         cands = cpu_candidates(precision, kind, native_bf16_cpu())
         if len(cands) > 1:
             return _measured_choice(device, kind, module, model_key, batch, resolution,
-                                    channels_last, cands)
+                                    channels_last, cands, data_root)
         choice = Choice(kind, cands[0], "as configured")
     if not need_rate:
         return choice
     timed = _measured_choice(device, kind, module, model_key, batch, resolution, channels_last,
-                             [choice.numerics])
+                             [choice.numerics], data_root)
     return Choice(kind, choice.numerics, choice.how, timed.img_per_s)
 
 
 def _measured_choice(device, kind, module, model_key, batch, resolution, channels_last,
-                     cands: list[Numerics]) -> Choice:
+                     cands: list[Numerics], data_root: Path | None = None) -> Choice:
     """The fastest of `cands` by timed steps, or by a cached timing of the same case."""
     key = _cache_key(device, model_key, kind, resolution, batch, channels_last, cands)
-    path = cache_path()
+    path = cache_path(data_root)
     hit = _read_cache(path).get(key)
     order = [c.name for c in cands]
     if hit and hit.get("choice") in _BY_NAME:

@@ -19,16 +19,16 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger(__name__)
 
 
-def parameters_cell(params: dict):
+def parameters_cell(params: dict, notes: list[str] = ()):
     from nbformat.v4 import new_code_cell
-    lines = ["# Parameters injected by `transferlab notebook`"]
+    lines = ["# Parameters injected by `transferlab notebook`", *(f"# {n}" for n in notes)]
     lines += [f"{k} = {v!r}" for k, v in params.items()]
     cell = new_code_cell("\n".join(lines))
     cell.metadata["tags"] = ["injected-parameters"]
     return cell
 
 
-def inject(nb, params: dict):
+def inject(nb, params: dict, notes: list[str] = ()):
     """A copy of `nb` with a parameter cell right after the `parameters`-tagged cell."""
     nb = copy.deepcopy(nb)
     idx = next((i for i, c in enumerate(nb.cells)
@@ -37,7 +37,7 @@ def inject(nb, params: dict):
         raise UserError("the notebook has no cell tagged 'parameters'")
     nb.cells = [c for c in nb.cells
                 if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
-    nb.cells.insert(idx + 1, parameters_cell(params))
+    nb.cells.insert(idx + 1, parameters_cell(params, notes))
     return nb
 
 
@@ -46,6 +46,22 @@ def _abs(p) -> str | None:
     if is_server_url(p):  # a postgresql:// store is no path
         return p
     return str(Path(p).expanduser().resolve()) if p is not None else None
+
+
+def _store_for_kernel(store) -> tuple[str | None, dict | None, list[str]]:
+    """(the `store` parameter, the kernel's environment or None, notes for the cell).
+
+    The executed notebook and its HTML are what users commit and hand in, so a server URL
+    (it may hold a password) is never written into them: the kernel reads it from
+    TRANSFERLAB_STORE, as `load_study` does, and the cell names it masked."""
+    import os
+
+    from .config import STORE_ENV
+    from .store import is_server_url, mask_url
+    if not is_server_url(store):
+        return _abs(store), None, []
+    return None, {**os.environ, STORE_ENV: store}, [
+        f"store: {mask_url(store)}, passed to the kernel in ${STORE_ENV} (never written here)"]
 
 
 # nbconvert's lab template loads require.js, MathJax and mermaid from a CDN; opened offline
@@ -128,7 +144,8 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
               "epochs": epochs, "budget": budget,
               "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
               "run_study": True}
-    nb = inject(nb, params)
+    params["store"], kernel_env, notes = _store_for_kernel(store)
+    nb = inject(nb, params, notes)
     nb.metadata["title"] = f"{first_heading(nb) or 'transferlab'}: {study.name}"
     client = NotebookClient(nb, timeout=timeout if timeout else -1, kernel_name="python3",
                             allow_errors=False,
@@ -137,7 +154,7 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     html = out_dir / f"{study.name}.html"
     error = None
     try:
-        client.execute()
+        client.execute(**({"env": kernel_env} if kernel_env else {}))
     except CellExecutionError as e:
         error = e
     finally:

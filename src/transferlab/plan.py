@@ -129,7 +129,7 @@ def _ratio(store: Store, exp_id: str, machine: str) -> float | None:
 
 # ------------------------------------------------------------------ costing an experiment
 
-def measure(spec: ExperimentSpec, image_size: int, num_classes: int, device
+def measure(spec: ExperimentSpec, image_size: int, num_classes: int, device, data_root=None
             ) -> tuple[dict[str, Rate], float]:
     """The experiment's rates by the numerics decision's timed steps (cached for its run), and
     the seconds its model takes to build. Raises WeightsUnavailable where it would skip."""
@@ -142,7 +142,7 @@ def measure(spec: ExperimentSpec, image_size: int, num_classes: int, device
         net = net.to(memory_format=torch.channels_last)
     build_s = time.perf_counter() - t0
     choices = experiment.decide_numerics(spec, net, spec.resolution or image_size, device,
-                                         need_rate=True)
+                                         need_rate=True, data_root=data_root)
     return {k: Rate(c.rate, c.how) for k, c in choices.items() if c.rate}, build_s
 
 
@@ -168,7 +168,7 @@ def seconds_of(spec: ExperimentSpec, sizes: dict, rates: dict[str, Rate], eff: f
     if bp_epochs:
         bp_epochs = bp_epochs if epochs is None else epochs
         train = rates["train"].img_per_s * eff
-        scored = (bp_epochs * n_val + (n_val + n_test) * views(spec))
+        scored = (bp_epochs * n_val + n_val + n_test) * views(spec)  # per epoch, then the end
         total += bp_epochs * n_train / train + scored / rates["eval"].img_per_s
         what.append(f"{bp_epochs:g} epoch(s) x {n_train:,} images at {train:.0f} img/s")
     return total, ", ".join(what)
@@ -269,7 +269,8 @@ class StudyPlan:
 
 def make(study: Study, store: Store, specs: list[ExperimentSpec], sizes: dict,
          final_sizes: dict | None, image_size: int, num_classes: int, device, spent_s: float,
-         again: set = frozenset(), say: Callable[[str], None] = lambda _m: None) -> StudyPlan:
+         again: set = frozenset(), say: Callable[[str], None] = lambda _m: None,
+         data_root=None) -> StudyPlan:
     """Cost every experiment of `specs` (timing what is still to run) and the final stage."""
     machine = device_name(device)
     eff = loop_efficiency(store, study.experiments, machine=machine)
@@ -284,7 +285,8 @@ def make(study: Study, store: Store, specs: list[ExperimentSpec], sizes: dict,
             parts.append(Part(spec.name, status, (res or {}).get("total_seconds") or 0.0))
             continue
         say(f"  timing {spec.name} ...")
-        part, rates = _pending_part(spec, status, sizes, image_size, num_classes, device, eff)
+        part, rates = _pending_part(spec, status, sizes, image_size, num_classes, device, eff,
+                                    data_root)
         parts.append(part)
         if rates:
             rates_of[spec.name] = rates
@@ -293,13 +295,14 @@ def make(study: Study, store: Store, specs: list[ExperimentSpec], sizes: dict,
                      budget_s=parse_budget(study.budget) if study.budget else None)
     if study.final is not None and final_sizes is not None:
         _plan_final(plan, study, store, sizes, final_sizes, image_size, num_classes, device,
-                    rates_of, eff)
+                    rates_of, eff, data_root)
     return plan
 
 
-def _pending_part(spec, status, sizes, image_size, num_classes, device, eff: Efficiency):
+def _pending_part(spec, status, sizes, image_size, num_classes, device, eff: Efficiency,
+                  data_root=None):
     try:
-        rates, build_s = measure(spec, image_size, num_classes, device)
+        rates, build_s = measure(spec, image_size, num_classes, device, data_root)
     except WeightsUnavailable as e:
         return Part(spec.name, "skipped", 0.0, note=f"will be skipped: {e}"), None
     seconds, what = seconds_of(spec, sizes, rates, eff.value, build_s)
@@ -307,7 +310,7 @@ def _pending_part(spec, status, sizes, image_size, num_classes, device, eff: Eff
 
 
 def _plan_final(plan: StudyPlan, study, store, sizes, final_sizes, image_size, num_classes,
-                device, rates_of: dict, eff: Efficiency) -> None:
+                device, rates_of: dict, eff: Efficiency, data_root=None) -> None:
     """The final stage: the chosen configuration measured at its own settings, or, before the
     grid has chosen, the dearest candidate estimated from its grid timing."""
     chosen = final.plan(study, store)
@@ -332,7 +335,7 @@ def _plan_final(plan: StudyPlan, study, store, sizes, final_sizes, image_size, n
         eff = loop_efficiency(store, study.experiments, prefer=chosen.parent.id,
                               machine=plan.machine)
         plan.efficiency = eff
-        rates, build_s = measure(spec, image_size, num_classes, device)
+        rates, build_s = measure(spec, image_size, num_classes, device, data_root)
         cands = [(spec, rates, build_s, "chosen on validation")]
     else:
         cands = []
@@ -349,7 +352,7 @@ def _plan_final(plan: StudyPlan, study, store, sizes, final_sizes, image_size, n
                 continue
             spec = final.final_spec(parent, study.final, None, study.budget)
             try:
-                rates, build_s = measure(spec, image_size, num_classes, device)
+                rates, build_s = measure(spec, image_size, num_classes, device, data_root)
             except WeightsUnavailable:
                 continue
             cands.append((spec, rates, build_s, "measured"))

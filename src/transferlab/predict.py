@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTS
+from .data import IMAGE_EXTS, is_hidden
 from .errors import UserError
 from .trained import Trained
 from .util import eval_batch, progress
@@ -67,7 +67,8 @@ def list_inputs(paths: list[Path]) -> list[Item]:
             raise UserError(f"{path} does not exist; pass image files, folders or .tar.gz "
                             "archives of images")
         if path.is_dir():
-            files = [p for p in sorted(path.rglob("*")) if p.is_file() and _image_name(p.name)]
+            files = [p for p in sorted(path.rglob("*")) if p.is_file() and _image_name(p.name)
+                     and not is_hidden(p.relative_to(path))]
             items += [Item(str(p), p.read_bytes, p.parent.name) for p in files]
         elif _is_tar(path):
             items += _tar_items(path)
@@ -86,7 +87,8 @@ def _image_name(name: str) -> bool:
 def _tar_items(path: Path) -> list[Item]:
     try:
         tar = tarfile.open(path, "r:*")
-        members = [m for m in tar.getmembers() if m.isfile() and _image_name(Path(m.name).name)]
+        members = [m for m in tar.getmembers() if m.isfile() and _image_name(Path(m.name).name)
+                   and not is_hidden(m.name)]
     except (tarfile.TarError, OSError, EOFError) as e:
         raise UserError(f"cannot read the archive {path} ({e}); pass a valid tar/.tar.gz or "
                         "a folder") from None

@@ -61,13 +61,24 @@ def key_params(cfg: dict) -> str:
     return ", ".join(parts)
 
 
-def study_rows(store: Store, members: list, externals: list) -> list[Row]:
+NOT_RUN = ("not run yet", "not run with these settings")
+
+
+def study_rows(store: Store, members: list, externals: list, planned: dict | None = None,
+               other_runs: bool = False) -> list[Row]:
+    """A row per member. One the store has no record of is described from its config
+    (`planned`: id -> spec dict); `other_runs`: the store holds this study under other
+    settings, which the status then says."""
     import json
     rows = []
     for name, exp_id in members:
         e = store.get(exp_id)
         if e is None:
-            rows.append(Row(name, exp_id, "unknown", "?", "?", "", None, None, None))
+            cfg = (planned or {}).get(exp_id)
+            status = NOT_RUN[other_runs]
+            rows.append(Row(name, exp_id, status, cfg["model"], cfg["regime"], key_params(cfg),
+                            None, None, None) if cfg else
+                        Row(name, exp_id, status, "?", "?", "", None, None, None))
             continue
         cfg = json.loads(e["config"])
         res = store.result(exp_id) if e["status"] == "done" else None
@@ -194,7 +205,8 @@ def training_lines(d: dict, res: dict) -> list[str]:
     elif res.get("val_acc") is None:
         chosen = "the last epoch: no validation split to choose one"
     else:
-        chosen = f"weights of epoch {res.get('best_epoch', '?')}, chosen on validation"
+        chosen = f"weights of epoch {res.get('best_epoch', '?')}, " + \
+            (extra.get("epoch_choice") or "chosen on validation")
     s = d.get("schedule") or {}
     sched = f"{s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s)"
     if s.get("layer_decay", 1) < 1:

@@ -23,7 +23,6 @@ import sqlite3
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ClaimLost, UserError
 from .record import EPOCH_COLUMNS, RESULT_COLUMNS, RESULT_JSON, Result
@@ -173,6 +172,9 @@ def refuse_network_filesystem(path: Path, mounts: Path = MOUNTS) -> None:
 
 # ------------------------------------------------------------------ backends
 
+_UNWRITABLE = re.compile(r"readonly|read-only|unable to open|disk I/O error", re.IGNORECASE)
+
+
 class _Sqlite:
     """One file; transactions are BEGIN IMMEDIATE, which serialises every writer."""
     real, lock_row, local_pids = "REAL", "", True
@@ -182,18 +184,32 @@ class _Sqlite:
         refuse_network_filesystem(self.path, mounts)
         if not self.path.exists() and not create:
             raise UserError(f"no store at {self.path}; run a study first (transferlab run CONFIG)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                  check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                      check_same_thread=False)
+        except (OSError, sqlite3.OperationalError) as e:
+            raise self._unwritable(e) from None
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout=60000")
+
+    def _unwritable(self, e: BaseException) -> UserError:
+        return UserError(f"cannot open the SQLite store {self.path} for writing "
+                         f"({type(e).__name__}: {e}); SQLite also writes its -wal and -shm files beside it, so the "
+                         "folder must be writable. Pass --store PATH in a writable folder, or fix "
+                         "the folder's permissions")
 
     def execute(self, sql: str, params=()):
         return self.db.execute(sql, params)
 
     @contextmanager
     def tx(self):
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if _UNWRITABLE.search(str(e)):
+                raise self._unwritable(e) from None
+            raise
         try:
             yield
         except BaseException:
@@ -209,6 +225,8 @@ class _Sqlite:
         pass  # BEGIN IMMEDIATE is exclusive already
 
     def user_error(self, e: BaseException) -> UserError | None:
+        if isinstance(e, sqlite3.OperationalError) and _UNWRITABLE.search(str(e)):
+            return self._unwritable(e)
         if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
             return UserError(f"{self.path} is not a transferlab store ({e}); use another --store "
                              "path or move that file away")  # "file is not a database"
@@ -225,12 +243,26 @@ class _Sqlite:
         self.db.close()
 
 
-def _hide_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+_SECRET_PARAM = re.compile(r"(^|&)([^=&]*password=)[^&]*", re.IGNORECASE)
+
+
+def mask_url(where) -> str:
+    """`where` as it may be shown, logged or written: a server URL's password (user:password@
+    and ?password= or ?sslpassword=) becomes ***; a file path is returned unchanged."""
+    text = str(where)
+    if not is_server_url(text):
+        return text
+    scheme, _, rest = text.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    netloc, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hosts}"
+    path, q, query = tail.partition("?")
+    if q:
+        query, hash_, frag = query.partition("#")
+        tail = f"{path}?{_SECRET_PARAM.sub(lambda m: m[1] + m[2] + '***', query)}{hash_}{frag}"
+    return f"{scheme}://{netloc}{tail}"
 
 
 class _Postgres:
@@ -246,7 +278,7 @@ class _Postgres:
             raise UserError("a PostgreSQL store needs psycopg 3: pip install 'transferlab[postgres]'"
                             " (make venv installs it)") from None
         self.psycopg, self.create = psycopg, create
-        self.path = _hide_password(url)  # what messages and `status` show
+        self.path = mask_url(url)  # what messages and `status` show
         try:
             self.db = psycopg.connect(url, autocommit=True, row_factory=dict_row,
                                       connect_timeout=15)
@@ -302,13 +334,13 @@ class Store:
         self.tokens: dict[str, str] = {}  # exp_id -> token of each claim this Store holds
         try:
             self._check_schema(create)  # before WAL: a file that is not ours must stay untouched
+            self.backend.ready()
         except BaseException as e:
             self.backend.close()
             err = self.backend.user_error(e)
             if err is not None:
                 raise err from None
             raise
-        self.backend.ready()
 
     def _x(self, sql: str, params=()):
         return self.backend.execute(sql, params)

@@ -9,6 +9,7 @@ import dataclasses
 import fnmatch
 import json
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -21,10 +22,11 @@ import torch
 from . import dist, final
 from . import plan as planning
 from .config import ExperimentSpec, Study, legacy_experiment_id
-from .data import Splits, default_data_root, make_splits
+from .data import Splits, make_splits
 from .errors import ClaimLost, ExperimentFailed, UserError, WeightsUnavailable
 from .record import BudgetPlan
 from .store import Store, lease_seconds, owner_id
+from .util import load_or_set_aside, remove_stale_temps
 
 
 def say(msg: str) -> None:
@@ -54,6 +56,18 @@ def _take_over_old_dir(root: Path, spec: ExperimentSpec, path: Path) -> None:
                 return
             except OSError:  # another runner took it over first, or it is not a folder
                 continue
+
+
+def writable_folder(path: Path, what: str, fix: str) -> None:
+    """Create `path` and write a file in it, or fail now with what to pass instead, before any
+    experiment is claimed (checkpoints, models and feature caches go there)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write the {what} {path} ({type(e).__name__}: {e}); pass {fix} "
+                        "to a writable folder, or fix its permissions") from None
 
 
 @dataclass
@@ -128,7 +142,7 @@ class Runner:
                  skip_bad_images: bool = False, overrides: dict | None = None,
                  tensorboard: Path | None = None, register: bool = True,
                  started: float | None = None):
-        from .util import pick_device
+        from .util import default_data_root, pick_device
         dist.init()
         self.study, self.overrides = study, overrides or {}
         self.data_root = Path(data_root) if data_root else default_data_root()
@@ -136,6 +150,7 @@ class Runner:
         self.skip_bad = skip_bad_images
         self.is_main = dist.rank() == 0
         self.store = Store(study.store)
+        remove_stale_temps(self.data_root)  # a numerics cache write that was killed
         self.lease = lease_seconds()
         self.owner = owner_id()  # unique per runner: hostname:pid:random
         self._splits: dict = {}  # DataSpec -> Splits (the final stage trains on all of train)
@@ -152,6 +167,7 @@ class Runner:
     def register(self) -> None:
         if not self.is_main:
             return
+        writable_folder(self.study.runs_dir / self.study.name, "runs folder", "--runs-dir DIR")
         for e in self.study.experiments:
             legacy = legacy_experiment_id(e)
             if legacy != e.id and self.store.adopt(legacy, e.id):
@@ -167,22 +183,55 @@ class Runner:
     def select(self, only: str | None, with_final: bool = True) -> list[ExperimentSpec]:
         chosen = [e for e in self.study.experiments if not only or fnmatch.fnmatch(e.name, only)]
         if only and not chosen and not (with_final and self.study.final is not None
-                                         and fnmatch.fnmatch("final", only)):
+                                         and self._final_selected(only)):
             raise UserError(f"--only {only!r} matches no experiment; names: "
                             f"{', '.join(e.name for e in self.study.experiments)}")
         return chosen
 
-    def matching(self, pattern: str) -> list[str]:
-        """Names that --rerun PATTERN would forget (an error if none)."""
-        names = [e.name for e in self.study.experiments if fnmatch.fnmatch(e.name, pattern)]
+    def matching(self, pattern: str, only: str | None = None) -> list[str]:
+        """Names that --rerun PATTERN would forget: grid experiments and the final one (once
+        stored), among those --only selects; an error if none, so nothing is forgotten that
+        this run would not train again."""
+        names = [e.name for e in self._rerunnable() if fnmatch.fnmatch(e.name, pattern)]
         if not names:
-            raise UserError(f"--rerun {pattern!r} matches no experiment")
-        return names
+            raise UserError(f"--rerun {pattern!r} matches no experiment; names: "
+                            f"{', '.join(e.name for e in self._rerunnable())}")
+        chosen = [n for n in names if self._selected(n, only)]
+        if not chosen:
+            raise UserError(f"--rerun {pattern!r} matches {', '.join(names)}, but --only {only!r} "
+                            "selects none of them: they would be forgotten and not run again. "
+                            "Drop --only, or give one that selects them")
+        if len(chosen) < len(names):
+            say(f"--rerun {pattern!r}: left as they are (not selected by --only {only!r}): "
+                + ", ".join(n for n in names if n not in chosen))
+        return chosen
 
-    def rerun(self, pattern: str) -> list[str]:
-        names = self.matching(pattern)
+    def _selected(self, name: str, only: str | None) -> bool:
+        if not only or fnmatch.fnmatch(name, only):
+            return True
+        is_final = self.study.final is not None and name.startswith(final.FINAL_PREFIX) and \
+            name not in {e.name for e in self.study.experiments}
+        return is_final and self._final_selected(only)
+
+    @staticmethod
+    def _final_selected(only: str | None) -> bool:
+        """--only final, --only 'final-*' (or no --only) selects the final stage."""
+        return not only or fnmatch.fnmatch("final", only) or \
+            fnmatch.fnmatch(final.FINAL_PREFIX, only)
+
+    def _rerunnable(self) -> list[ExperimentSpec]:
+        """The grid's experiments, and the final stage's once the store holds it."""
+        specs = list(self.study.experiments)
+        if self.study.final is not None:
+            spec = final.plan(self.study, self.store).spec
+            if spec is not None and self.store.get(spec.id) is not None:
+                specs.append(spec)
+        return specs
+
+    def rerun(self, pattern: str, only: str | None = None) -> list[str]:
+        names = self.matching(pattern, only)
         if self.is_main:  # under torchrun the other ranks must not reset what rank 0 claims next
-            for e in self.study.experiments:
+            for e in self._rerunnable():
                 if e.name in names:
                     self.store.reset(e.id)
                     for f in ("checkpoint.pt", "model.pt"):
@@ -204,7 +253,7 @@ class Runner:
                              {k: len(v) for k, v in splits.y.items()}, final_sizes,
                              splits.image_size, splits.num_classes, self.device,
                              self.clock.grid_seconds() + self.clock.elapsed(), again,
-                             say=_noop if quiet else say)
+                             say=_noop if quiet else say, data_root=self.data_root)
 
     def check_budget(self, again: set = frozenset()) -> None:
         """Under a budget, before anything trains or is reset: the measured plan must leave
@@ -263,8 +312,7 @@ class Runner:
             held, out.busy = out.busy, []
             self._pass([(i, s) for i, s in enumerate(todo) if s.name in held], len(todo), out,
                        retry_failed, quiet=True)
-        if self.study.final is not None and (not only or fnmatch.fnmatch("final", only)
-                                             or fnmatch.fnmatch(final.FINAL_PREFIX, only)):
+        if self.study.final is not None and self._final_selected(only):
             self.run_final(out, retry_failed, wait)
         return out
 
@@ -369,9 +417,14 @@ class Runner:
         exp_dir = experiment_dir(self.study, spec)
         exp_dir.mkdir(parents=True, exist_ok=True)
         ckpt = exp_dir / "checkpoint.pt"
-        if self.is_main and not ckpt.exists():
-            self.store.clear_epochs(spec.id)
         feature_dir = self.study.runs_dir / "features"
+        if self.is_main:
+            remove_stale_temps(exp_dir, older_than=0)  # this runner holds the claim: none is live
+            remove_stale_temps(feature_dir)
+            if self._damaged(ckpt):
+                say("  the experiment starts again from epoch 0")
+            if not ckpt.exists():
+                self.store.clear_epochs(spec.id)
         store = self.store if self.is_main else None
         try:
             splits = self.splits(spec.data)
@@ -389,7 +442,8 @@ class Runner:
                     record_details=(lambda d: (beat.check(), store.set_details(
                         spec.id, {**d, **(details or {})})))
                     if store else _noop,
-                    say=say if self.is_main else _noop, budget=budget)
+                    say=say if self.is_main else _noop, budget=budget,
+                    data_root=self.data_root)
         except ClaimLost:
             raise
         except WeightsUnavailable as e:  # not a failure: nothing here can fetch them
@@ -418,6 +472,15 @@ class Runner:
             self.store.finish(spec.id, result, env_record(self.device))
             ckpt.unlink(missing_ok=True)  # only now: a kill before `finish` resumes, not retrains
         return None
+
+    @staticmethod
+    def _damaged(ckpt: Path) -> bool:
+        """A checkpoint that cannot be read back is set aside (kept), so that the experiment
+        starts again instead of failing on every --retry-failed."""
+        try:
+            return ckpt.exists() and load_or_set_aside(ckpt, lambda m: say("  " + m)) is None
+        except UserError:  # one that could run code: refused where it is resumed, and the
+            return False   # experiment fails with that message (someone should look at it)
 
     def _curves(self, spec: ExperimentSpec):
         from .tboard import EpochCurves, NoCurves

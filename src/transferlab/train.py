@@ -136,6 +136,8 @@ class Trainer:
         torch.set_rng_state(ck["rng"])
         if ck.get("budget_plan"):  # the plan it started with, whatever this machine measures
             self.plan = BudgetPlan.from_dict(ck["budget_plan"])
+        if self.device.type == "cuda" and ck.get("cuda_rng") is not None:  # dropout on the GPU
+            torch.cuda.set_rng_state(ck["cuda_rng"], self.device)
         self.history = list(ck.get("history", []))
         for row in self.history:  # the store may lack the last row (killed between the two writes)
             self.on_epoch(row)
@@ -163,10 +165,10 @@ class Trainer:
                            train_loss=loss_sum / max(1, seen), train_acc=correct / max(1, seen),
                            lr=self.opt.param_groups[-1]["lr"], seconds=seconds,
                            img_per_s=seen * world / seconds)
-            if len(y["val"]):
+            if len(y["val"]):  # scored as the ranking and the test are: flip views if tta
                 _, ev = evaluate.on_images(self.net, self.pipe, x["val"], y["val"],
                                            eval_batch(spec.batch_size, self.device),
-                                           self.eval_amp, tta=False)
+                                           self.eval_amp, tta=spec.tta)
                 row.val_acc, row.val_loss = ev.acc, ev.loss
                 if ev.acc > track["best_val"]:
                     track.update(best_val=ev.acc, best_epoch=self.offset + epoch + 1,
@@ -291,6 +293,8 @@ class Trainer:
     def _save(self, epoch: int, track: dict) -> None:
         atomic_save({"epoch": epoch, "phase": self.phase, "model": self.net.state_dict(),
                      "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(self.device)
+                     if self.device.type == "cuda" else None,
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                      "numerics": {"train": self.numerics.name, "eval": self.eval_numerics.name},
                      "track": track, "history": self.history,

@@ -21,7 +21,7 @@ from . import hardware, models
 from .augment import Pipeline
 from .config import ExperimentSpec, Study, load_study
 from .data import _square_resize, decode_image
-from .errors import UserError
+from .errors import DamagedFile, UserError
 from .final import plan
 from .report import best_row, study_rows
 from .store import Store
@@ -110,6 +110,9 @@ class Trained:
         net = models.build(dataclasses.replace(self.spec, weights="none"), len(self.classes))
         try:
             net.load_state_dict(safe_load(self.weights))
+        except DamagedFile as e:
+            raise UserError(f"{str(e).split('; delete it')[0]}: train it again with transferlab "
+                            f"run CONFIG --rerun {self.name}") from None
         except RuntimeError as e:
             raise UserError(f"{self.weights} does not fit {self.spec.model} with "
                             f"{len(self.classes)} classes ({str(e).splitlines()[0]}); was the "

@@ -1,6 +1,7 @@
 """Small shared helpers: safe file IO, hardware facts, seeding, environment record."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import platform
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import DamagedFile, UserError
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -41,15 +42,75 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def safe_load(path: Path, map_location="cpu"):
-    """torch.load with weights_only=True: a pickle that would run code is refused."""
+    """torch.load with weights_only=True: a pickle that would run code is refused; a file that
+    is not a readable tensor file at all raises DamagedFile."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise UserError(f"refusing to load {path}: it is not a plain tensor file and loading it "
-                        f"could run code ({str(e).splitlines()[0]}). Only load files you trust, "
-                        "saved as a state dict of tensors.") from None
-    except (EOFError, RuntimeError) as e:
-        raise UserError(f"{path} is damaged or truncated ({e}); delete it and run again") from None
+        first = str(e).strip().splitlines()
+        if not any("Unsupported operand" in line for line in first):  # not just random bytes
+            raise UserError(f"refusing to load {path}: it is not a plain tensor file and loading "
+                            f"it could run code ({first[0] if first else e!r}). Only load files "
+                            "you trust, saved as a state dict of tensors.") from None
+        raise DamagedFile(f"{path} is damaged: not a tensor file ({_why(e)}); delete it and "
+                          "run again") from None
+    except (IsADirectoryError, PermissionError, FileNotFoundError) as e:
+        raise UserError(f"cannot read {path} ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001  torch reports damage as EOFError, KeyError, ...
+        raise DamagedFile(f"{path} is damaged or truncated ({_why(e)}); delete it and run "
+                          "again") from None
+
+
+def _why(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a damaged file out of the way, keeping it for a look: NAME.damaged-TIME."""
+    import time
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(path, aside)
+    return aside
+
+
+def load_or_set_aside(path: Path, say=None):
+    """safe_load of a file we wrote and can make again (a cache, a checkpoint): None, with the
+    damaged file set aside and a line saying so, when it cannot be read back."""
+    try:
+        return safe_load(path)
+    except DamagedFile as e:
+        try:
+            where = f"kept as {set_aside(path).name}"
+        except OSError as err:  # another runner moved it first, or the folder is read-only
+            where = f"could not be set aside ({err})"
+        (say or logging.getLogger(__name__).warning)(
+            f"{str(e).split('; delete it')[0]}: {where}; making it again")
+        return None
+
+
+STALE_TEMP_SECONDS = 3600  # a temporary file this old in a shared folder is no write in progress
+
+
+def remove_stale_temps(folder: Path, older_than: float = STALE_TEMP_SECONDS) -> int:
+    """Delete the temporary files (.NAME.*.tmp) that writes killed part-way left in `folder`;
+    only those older than `older_than` seconds, so another runner's write in progress stays."""
+    import time
+    removed = 0
+    now = time.time()
+    for tmp in Path(folder).glob(".*.tmp") if Path(folder).is_dir() else ():
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
+
+
+def default_data_root() -> Path:
+    """Where downloads, decoded images and numerics decisions are cached."""
+    return Path(os.environ.get("TRANSFERLAB_DATA", Path.home() / ".cache" / "transferlab"))
 
 
 def pick_device(prefer: str = "auto") -> torch.device:
