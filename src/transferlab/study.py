@@ -386,6 +386,7 @@ class Runner:
                         + (", skipped" if status != "running" else ", held by another runner"))
                 continue
             say(f"\n[{i + 1}/{total}] {spec.name}  (id {spec.id})")
+            reason = None
             try:  # the heartbeat runs from the claim on, through the data decode
                 with Heartbeat(self.study.store, spec.id, self.owner, token, self.lease) \
                         if self.is_main else _Null() as beat:
@@ -400,16 +401,23 @@ class Runner:
                         self.store.set_status(spec.id, "pending", "interrupted; rerun to resume")
                 raise
             finally:
-                if details is None and self.is_main:  # a grid experiment: charge its time
-                    self.worked = True
-                    with suppress(Exception):  # the account must not stop the study
-                        self.clock.charge()
+                self._charge(details is None, reason)
             if reason is None:
                 out.ran.append(spec.name)
             elif isinstance(reason, Skipped):
                 out.skipped.append(spec.name)
             else:
                 out.failed.append((spec.name, reason))
+
+    def _charge(self, grid: bool, reason) -> None:
+        """After a grid experiment, charge this process's time to the grid's ledger. A skip
+        (weights not here) before any real work charges nothing: a rerun that only finds the
+        grid done and retries a hub model must not bill its start-up to the grid."""
+        if not grid or not self.is_main or (isinstance(reason, Skipped) and not self.worked):
+            return
+        self.worked = True
+        with suppress(Exception):  # the account must not stop the study
+            self.clock.charge()
 
     def _run_one(self, spec: ExperimentSpec, beat=None, details: dict | None = None,
                  budget=None) -> str | None:
