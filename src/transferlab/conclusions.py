@@ -240,7 +240,7 @@ FINAL_KEYS = ("name", "parent", "val_acc", "test_acc", "epochs", "resolution", "
 
 
 def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dict) -> list[str]:
-    """HOOK for the final stage (issue 12): what the final stage changed.
+    """What the final stage changed, read from its stored record.
 
     `final` is filled by the lead's final stage: a dict with at least name, parent (the grid
     experiment it retrains), val_acc (None when validation joined the training images),
