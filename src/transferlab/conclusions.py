@@ -242,7 +242,7 @@ FINAL_KEYS = ("name", "parent", "val_acc", "test_acc", "epochs", "resolution", "
 def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dict) -> list[str]:
     """What the final stage changed, read from its stored record.
 
-    `final` is filled by the lead's final stage: a dict with at least name, parent (the grid
+    `final` comes from the final stage's record: a dict with at least name, parent (the grid
     experiment it retrains), val_acc (None when validation joined the training images),
     test_acc, epochs, resolution, train_size; optional test_size, seconds, test_acc_no_tta.
     Without it the study has no final stage and its answer is the grid's best model.
