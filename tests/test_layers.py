@@ -26,7 +26,7 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     ("data", {"data", "augment", "sources"}),
     ("records", {"config", "record", "store", "regimes"}),
     ("ground", {"hardware", "files", "kernels", "errors", "util", "dist", "durations",
-                "resources", "__init__"}),
+                "resources", "stats", "__init__"}),
 ]
 SIBLINGS = [{"train", "probe"}]  # same layer, but neither may import the other
 

@@ -14,19 +14,12 @@ from dataclasses import dataclass
 
 from .config import ExperimentSpec, FinalSpec, Study
 from .store import Store
+from . import stats
 
 FINAL_PREFIX = "final-"
-Z95 = 1.959964
-
-
 def interval95(acc: float, n: int) -> tuple[float, float]:
-    """Wilson score interval of a proportion measured on n images (95 %)."""
-    if not n:
-        return (float("nan"), float("nan"))
-    z2 = Z95 * Z95
-    centre = (acc + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z95 * math.sqrt(acc * (1 - acc) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return (max(0.0, min(acc, centre - half)), min(1.0, max(acc, centre + half)))
+    """Wilson score interval of a proportion measured on n images (95 %): stats.wilson."""
+    return stats.wilson(acc, n)
 
 
 def rank_key(val_acc: float, val_loss: float | None) -> tuple[float, float]:
