@@ -342,17 +342,17 @@ def test_a_skip_before_any_work_charges_nothing(tmp_path, monkeypatch):
     """A rerun that finds the grid done and only retries a hub model offline must not bill
     its start-up to the grid's ledger; once real work has run, every part is charged."""
     from transferlab.config import load_study
-    from transferlab.study import Runner, Skipped
+    from transferlab.study import Runner, Skip
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRANSFERLAB_DATA", str(tmp_path / "data"))
     study = load_study(study_file(tmp_path), fingerprint=None)
     runner = Runner(study, register=False, started=time.time() - 30)
     key = runner.clock.key
-    runner._charge(True, Skipped("no weights here"))
+    runner._charge(True, Skip("no weights here"))
     assert runner.store.ledger(key) is None
     runner._charge(False, None)  # the final stage is not the grid
     assert runner.store.ledger(key) is None
     runner._charge(True, None)  # real work: charged from the process's start
     assert runner.store.ledger(key) == pytest.approx(30, abs=2)
-    runner._charge(True, Skipped("no weights here"))  # after real work a skip's time counts
+    runner._charge(True, Skip("no weights here"))  # after real work a skip's time counts
     assert runner.store.ledger(key) == pytest.approx(30, abs=2)

@@ -17,7 +17,7 @@ from .data import Splits, stratified_sample
 from .errors import ExperimentFailed, UserError
 from .hardware import Choice
 from .optim import describe_optimizer
-from .record import Description
+from .record import Description, Result
 from .train import Shards, Trainer
 from .util import PeakMemory, atomic_save, environment, eval_batch, safe_load, seed_everything
 
@@ -75,8 +75,8 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
 
 
 def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
-        record_epoch, record_details, say, budget=None, data_root: Path | None = None) -> dict:
-    """Run one experiment; returns the result dict the store keeps.
+        record_epoch, record_details, say, budget=None, data_root: Path | None = None) -> Result:
+    """Run one experiment; returns the result the store keeps.
 
     `budget`: a budgeted final stage's account of the time left (the study runner's); its
     plan fixes how many steps the backprop fit trains. `data_root` holds the machine's cached
@@ -107,24 +107,21 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         details.budget_plan = p.as_dict()
         record_details(details.as_dict())
     fitter = budget.for_fit(spec, choices, splits, record_plan) if budget is not None else None
-    result = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say,
-                  fitter)
-    result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
-                  peak_mem_mb=peak.stop())
-    # per test image, in split order: what `transferlab predict` is checked against
-    result["extra"]["test_predictions"] = result.pop("test_predictions", None)
-    for key in ("val_acc_no_tta", "val_loss", "val_n"):  # the store keeps them with the extras
-        if key in result:
-            result["extra"][key] = result.pop(key)
-    if spec.uses_features:  # the weight decay actually used is the one validation chose
-        details.optimizer["weight_decay"] = result["extra"]["chosen_wd"]
+    fitted = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch,
+                  say, fitter)
+    fitted.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
+                  peak_mem_mb=peak.stop(), val_labels=splits.y["val"].tolist() or None,
+                  test_labels=splits.y["test"].tolist())
+    result = Result.from_dict(fitted)
+    if result.on_features:  # the weight decay actually used is the one validation chose
+        details.optimizer["weight_decay"] = result.chosen_wd
         details.optimizer["weight_decay_candidates"] = \
-            list(spec.probe_wd) + result["extra"]["wd_grid_extended"]
+            list(spec.probe_wd) + list(result.probe.grid_extended)
         record_details(details.as_dict())
     if dist.rank() == 0:
         atomic_save(net.state_dict(), exp_dir / "model.pt")  # the checkpoint goes once the store has the result
-    say(f"  test accuracy {result['test_acc']:.2%}"
-        + (f" (validation {result['val_acc']:.2%})" if result.get("val_acc") is not None else ""))
+    say(f"  test accuracy {result.test_acc:.2%}"
+        + (f" (validation {result.val_acc:.2%})" if result.val_acc is not None else ""))
     return result
 
 

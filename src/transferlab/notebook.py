@@ -42,7 +42,7 @@ def inject(nb, params: dict, notes: list[str] = ()):
 
 
 def _abs(p) -> str | None:
-    from .store import is_server_url
+    from .places import is_server_url
     if is_server_url(p):  # a postgresql:// store is no path
         return p
     return str(Path(p).expanduser().resolve()) if p is not None else None
@@ -57,7 +57,8 @@ def _store_for_kernel(store) -> tuple[str | None, dict | None, list[str]]:
     import os
 
     from .config import STORE_ENV
-    from .store import is_server_url, mask_url
+    from .places import is_server_url
+    from .store import mask_url
     if not is_server_url(store):
         return _abs(store), None, []
     return None, {**os.environ, STORE_ENV: store}, [

@@ -1,13 +1,15 @@
 """Russian labels for the notebook's tables and best-model block (the CLI stays English).
 
 A small translation layer: column headers, regime and status names, field labels, and the
-best/final-model block built from the stored details and result. Values that are records
+best/final-model block built from the stored description and result. Regime descriptions are
+the registry's own (regimes.py), numbers read as fmt.py writes them. Values that are records
 (model names, optimiser parameters, the initialisation text) are shown as recorded.
 """
 from __future__ import annotations
 
-from . import regimes
-from .conclusions import half_width, pct
+from . import fmt, regimes, stats
+from .fmt import pct
+from .record import BudgetPlan, Description, Result
 
 HEADERS = {
     "experiment": "эксперимент", "status": "статус", "model": "модель", "regime": "режим",
@@ -22,7 +24,9 @@ HEADERS = {
 EXTERNAL = "внешний результат"
 
 STATUS = {"done": "готов", "failed": "ошибка", "skipped": "пропущен", "running": "выполняется",
-          "pending": "в очереди", "external": "внешний", "unknown": "нет в хранилище"}
+          "pending": "в очереди", "external": "внешний", "unknown": "нет в хранилище",
+          "not run yet": "ещё не запускался",
+          "not run with these settings": "с этими настройками не запускался"}
 
 
 def header(names: list[str]) -> list[str]:
@@ -38,76 +42,34 @@ def status(name: str) -> str:
     return STATUS.get(name, name)
 
 
-def key_params(cfg: dict) -> str:
-    o = cfg["optimizer"]
-    parts = [f"{cfg['resolution']} px" if cfg["resolution"] else "исходный размер",
-             f"{o['name']} lr={o['lr']:g}", f"{cfg['epochs']} эп."]
-    if cfg["head"]["kind"] == "mlp":
-        parts.insert(0, "MLP " + "x".join(str(h) for h in cfg["head"]["hidden"]))
-    return ", ".join(parts)
-
-
-def acc_pm(p: float | None, n: int) -> str:
-    """An accuracy and its 95 % half-width in points: '78.50 % ± 2.84'."""
-    if p is None:
-        return "—"
-    return f"{pct(p)} ± {half_width(p, n) * 100:.2f}" if n else pct(p)
-
-
 def results_table(rows, configs: dict, sizes: dict) -> tuple[list[str], list[list], set[int]]:
-    """(header, rows, right-aligned columns) of the study's results table."""
+    """(header, rows, right-aligned columns) of the study's results table; each accuracy with
+    its 95 % Wilson interval (the same the conclusions and the CLI give it)."""
     head = ["эксперимент", "статус", "модель", "режим", "ключевые параметры",
             f"валидация (n = {sizes.get('val', 0)})", f"тест (n = {sizes.get('test', 0)})", "время"]
     body = []
     for r in rows:
-        key = key_params(configs[r.name]) if r.name in configs else r.key
-        val = acc_pm(r.val_acc, sizes.get("val", 0)) if not r.external else pct(r.val_acc)
-        test = acc_pm(r.test_acc, sizes.get("test", 0)) if not r.external else pct(r.test_acc)
-        body.append([r.name, status(r.status), r.model, regime(r.regime), key, val, test,
-                     f"{r.seconds:.0f} с" if r.seconds else "—"])
+        key = fmt.key_params(configs[r.name]) if r.name in configs else r.key
+        n_val = 0 if r.external else r.val_n or sizes.get("val", 0)
+        n_test = 0 if r.external else sizes.get("test", 0)
+        body.append([r.name, status(r.status), r.model, regime(r.regime), key,
+                     fmt.ci(r.val_acc, n_val), fmt.ci(r.test_acc, n_test), fmt.seconds(r.seconds)])
     return head, body, {5, 6, 7}
 
 
-def regime_text(d: dict) -> str:
-    """What the regime trained, in Russian, from the stored details."""
-    r = d.get("regime", "?")
-    trained = [g["group"] for g in d.get("groups", []) if g["trained"]]
-    frozen = [g["group"] for g in d.get("groups", []) if not g["trained"]]
-    if r == "linear":
-        how = ("голова обучена на закэшированных признаках основы"
-               if str(d.get("fit", "")).startswith("cached") else
-               "голова обучена через замороженную основу с аугментацией")
-        return f"извлечение признаков: основа заморожена (и статистики BN), {how}"
-    if r.startswith("last:"):
-        return (f"дообучение последних групп слоёв и головы: обучаются {', '.join(trained)}; "
-                f"заморожены {', '.join(frozen) or 'ничего'}")
-    if r == "full":
-        ld = (d.get("schedule") or {}).get("layer_decay", 1)
-        start = "от случайной инициализации" if d.get("weights") == "none" else "от предобученных весов"
-        return f"полное дообучение {start}" + (f", послойное затухание LR {ld}" if ld < 1 else "")
-    if r == "scratch":
-        return "обучение с нуля: случайная инициализация, обучаются все слои"
-    if r == "gradual":
-        g = d.get("gradual") or {}
-        return (f"постепенное размораживание: {g.get('head_epochs', '?')} эп. только голова, затем "
-                f"все слои с LR x{g.get('lr_scale', '?')}")
-    return r
+def regime_text(d: Description) -> str:
+    """What the regime trained, in Russian: the registry's description of the stored record."""
+    return regimes.text(d.facts(), "ru")
 
 
 def schedule_text(s: dict) -> str:
-    names = {"cosine": "косинусное", "onecycle": "one-cycle (линейный спад)",
-             "constant": "постоянный LR"}
-    out = f"{names.get(s.get('name'), s.get('name', '?'))}, разогрев {s.get('warmup_epochs', 0):g} эп."
-    if s.get("layer_decay", 1) < 1:
-        out += f", послойное затухание LR {s['layer_decay']}"
-    return out
+    return fmt.schedule_text(s, "ru")
 
 
-def budget_text(plan: dict, res: dict) -> str:
+def budget_text(plan: dict, res: Result | None) -> str:
     """A budgeted final's plan and what ran, in Russian."""
-    from .record import BudgetPlan
     p = BudgetPlan.from_dict(plan)
-    done = (res.get("extra") or {}).get("steps")
+    done = res.steps if res else None
     out = (f"{p.budget} на всё исследование: сетка заняла {p.grid_s / 60:.1f} мин, на обучение "
            f"финала осталось {p.train_s / 60:.1f} мин → {p.total_steps:,} шагов оптимизатора "
            f"({p.epochs:.2f} эпохи) при {p.img_per_s:.0f} изобр./с; LR убывает до нуля к "
@@ -122,60 +84,57 @@ def budget_text(plan: dict, res: dict) -> str:
     return out
 
 
-def epochs_text(d: dict, res: dict) -> str:
-    epochs, best = d.get("epochs", "?"), res.get("best_epoch")
-    if d.get("budget_plan"):
-        from .record import BudgetPlan
-        p = BudgetPlan.from_dict(d["budget_plan"])
+def epochs_text(d: Description, res: Result) -> str:
+    epochs, best = d.epochs or "?", res.best_epoch
+    if d.budget_plan:
+        p = BudgetPlan.from_dict(d.budget_plan)
         return (f"{p.epochs:.2f} (задано бюджетом времени: {p.total_steps} шагов); последняя "
                 "эпоха (валидационной выборки нет)")
-    if (res.get("extra") or {}).get("fit") == "cached features":
-        wd = (res.get("extra") or {}).get("chosen_wd")
+    if res.on_features:
+        wd = res.chosen_wd
         return (f"{epochs}; проба сообщает последнюю эпоху, по валидации выбран weight decay "
                 f"{wd:g}" if isinstance(wd, (int, float)) else f"{epochs}; последняя эпоха")
     if best is None:
         return str(epochs)
-    if res.get("val_acc") is None:
+    if res.val_acc is None:
         return f"{epochs}; последняя эпоха (валидационной выборки нет)"
     return f"{epochs}; по валидации выбрана эпоха {best} (её веса и оценены на тесте)"
 
 
-def test_text(d: dict, res: dict, n_test: int) -> str:
-    acc, plain = res.get("test_acc"), res.get("test_acc_no_tta")
-    out = f"{acc_pm(acc, n_test)} (n = {n_test})"
-    if d.get("tta"):
+def test_text(d: Description, res: Result, n_test: int) -> str:
+    out = fmt.ci(res.test_acc, n_test)
+    if d.tta:
         return (f"{out}, с flip TTA (среднее предсказаний по изображению и его зеркальному "
-                f"отражению); без TTA {pct(plain)}")
+                f"отражению); без TTA {pct(res.test_acc_no_tta)}")
     return f"{out}, без flip TTA"
 
 
-def best_block(row, d: dict, res: dict, sizes: dict, device: str | None = None,
+def best_block(row, d: Description, res: Result, sizes: dict, device: str | None = None,
                title: str = "Лучшая модель (выбрана по точности на валидации)",
                chosen: str | None = None) -> list[str]:
     """The best/final-model block: every field the assignment asks for, labels in Russian.
     `chosen`: why the final stage picked this configuration (its parent's validation score)."""
-    o = d.get("optimizer", {})
-    opt = ", ".join(f"{k}={v}" for k, v in o.items() if k != "name")
-    val = (acc_pm(row.val_acc, sizes.get("val", 0)) + f" (n = {sizes.get('val', 0)})"
-           if sizes.get("val") else "нет: обучена на всех обучающих изображениях (train + validation)")
+    n_val = row.val_n or sizes.get("val", 0)
+    val = (fmt.ci(row.val_acc, n_val) if sizes.get("val")
+           else "нет: обучена на всех обучающих изображениях (train + validation)")
     lines = [("выбрана", chosen)] if chosen else []
     lines += [
-        ("исходная модель", f"{d.get('arch', row.model)} ({d.get('family', '?')})"),
-        ("изменённые слои", f"классификатор заменён: {d.get('old_head', '?')} → новая голова "
-                            f"{d.get('new_head', '?')}"),
+        ("исходная модель", f"{d.arch or row.model} ({d.family or '?'})"),
+        ("изменённые слои", f"классификатор заменён: {d.old_head or '?'} → новая голова "
+                            f"{d.new_head or '?'}"),
         ("тип переноса", f"{regime(row.regime)}: {regime_text(d)}"),
-        ("оптимизатор", f"{o.get('name', '?')} ({opt})"),
-        ("расписание LR", schedule_text(d.get("schedule") or {})),
-        ("инициализация", d.get("init", "?")),
+        ("оптимизатор", fmt.optimizer_text(d.optimizer or {})),
+        ("расписание LR", schedule_text(d.schedule or {})),
+        ("инициализация", d.init or "?"),
         ("эпохи", epochs_text(d, res)),
-        *([("бюджет времени", budget_text(d["budget_plan"], res))] if d.get("budget_plan") else []),
-        ("размер батча", str(d.get("batch_size", "?"))),
-        ("разрешение", f"{d.get('resolution', '?')} px; аугментация {d.get('augment', '?')}, "
-                       f"label smoothing {d.get('label_smoothing', '?')}"),
-        ("обучающих изображений", str((d.get("split_sizes") or {}).get("train", "?"))),
+        *([("бюджет времени", budget_text(d.budget_plan, res))] if d.budget_plan else []),
+        ("размер батча", str(d.batch_size or "?")),
+        ("разрешение", f"{d.resolution or '?'} px; аугментация {d.augment or '?'}, "
+                       f"label smoothing {d.label_smoothing if d.label_smoothing is not None else '?'}"),
+        ("обучающих изображений", str((d.split_sizes or {}).get("train", "?"))),
         ("точность (валидация)", val),
         ("точность (тест)", test_text(d, res, sizes.get("test", 0))),
-        ("время", f"{res['total_seconds']:.0f} с" if res.get("total_seconds") else "—"),
+        ("время", fmt.seconds(res.total_seconds)),
     ]
     if device:
         lines.append(("оборудование", device))
@@ -185,19 +144,27 @@ def best_block(row, d: dict, res: dict, sizes: dict, device: str | None = None,
 
 def final_reason(info: dict) -> str:
     """Why the final stage chose its configuration, in Russian, from the final experiment's
-    stored `final` record: the parent's validation score among the grid's candidates."""
+    stored `final` record: the parent's validation score among the grid's candidates, and
+    whether it is clear of the runner-up (McNemar's test on their validation predictions;
+    records without them state the runner-up's interval)."""
     ranking = info.get("ranking") or []
     if not ranking:
         return info.get("reason", "?")
     best = ranking[0]
-    n = int(best.get("val_n") or 0)
     out = (f"{best['name']} — лучшая точность на валидации среди {len(ranking)} экспериментов "
-           f"сетки: {acc_pm(best['val_acc'], n)}" + (f" (n = {n})" if n else ""))
+           f"сетки: {fmt.ci(best['val_acc'], int(best.get('val_n') or 0))}")
     if len(ranking) > 1:
         second = ranking[1]
         tie = " (равенство; выбрана меньшая функция потерь)" \
             if second["val_acc"] == best["val_acc"] else ""
-        out += f"; следующая — {second['name']}, {pct(second['val_acc'])}{tie}"
+        out += (f"; следующая — {second['name']}, "
+                f"{fmt.ci(second['val_acc'], int(second.get('val_n') or 0))}{tie}")
+        t = info.get("paired")
+        if t:
+            inside = not stats.Paired(**t).significant
+            out += (f"; разница {'в пределах шума' if inside else 'больше шума'} (тест Макнемара "
+                    f"на тех же {t['n']} изображениях валидации: верно только у выбранной "
+                    f"{t['only_a']}, только у следующей {t['only_b']}, p = {t['p']:.3g})")
     return out
 
 
