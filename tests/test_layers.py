@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 
 LAYERS = [  # top first; a module may import from its own layer or any layer below
-    ("face", {"__main__", "cli", "notebook", "predict", "export"}),
+    ("face", {"__main__", "cli", "notebook", "view", "predict", "export"}),
     ("study", {"study", "plan", "trained"}),
     ("experiment", {"experiment"}),
     ("fit", {"train", "probe"}),
@@ -26,7 +26,7 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     ("data", {"data", "augment", "sources"}),
     ("records", {"config", "record", "store", "regimes"}),
     ("ground", {"hardware", "files", "kernels", "errors", "util", "dist", "durations",
-                "resources", "stats", "__init__"}),
+                "resources", "stats", "fmt", "places", "__init__"}),
 ]
 SIBLINGS = [{"train", "probe"}]  # same layer, but neither may import the other
 
@@ -123,3 +123,18 @@ def test_the_checks_see_lazy_and_absolute_imports(tmp_path, source, problem):
 def test_a_cycle_is_found_and_named():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_config_does_not_import_the_store():
+    """Specs and ids are records below the store: config tells a server URL from a file
+    through places.py, not by importing the store."""
+    assert "store" not in graph()["config"]
+
+
+def test_no_ticket_numbers_in_the_code_or_the_notebook():
+    """Comments and cells say why, not which ticket asked for it."""
+    import re
+    files = sorted(PACKAGE.rglob("*.py")) + sorted(PACKAGE.rglob("*.ipynb"))
+    bad = [f"{p.relative_to(PACKAGE)}: {m.group(0)}" for p in files
+           for m in re.finditer(r"\b(issue|ticket)s? *#? *\d+", p.read_text(), re.IGNORECASE)]
+    assert not bad, bad

@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 from .errors import UserError
-from .resources import notebook_template, study_config
+from .places import typed_path
+from .resources import is_shipped, notebook_template, study_config
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger(__name__)
@@ -41,11 +42,10 @@ def inject(nb, params: dict, notes: list[str] = ()):
     return nb
 
 
-def _abs(p) -> str | None:
-    from .places import is_server_url
-    if is_server_url(p):  # a postgresql:// store is no path
-        return p
-    return str(Path(p).expanduser().resolve()) if p is not None else None
+def _typed(p) -> str | None:
+    """A path for the parameters cell as the user gave it, relative to the working folder
+    (the kernel's too): the executed report names no folder of this machine."""
+    return typed_path(Path(p).expanduser()) if p is not None else None
 
 
 def _store_for_kernel(store) -> tuple[str | None, dict | None, list[str]]:
@@ -60,7 +60,7 @@ def _store_for_kernel(store) -> tuple[str | None, dict | None, list[str]]:
     from .places import is_server_url
     from .store import mask_url
     if not is_server_url(store):
-        return _abs(store), None, []
+        return _typed(store), None, []
     return None, {**os.environ, STORE_ENV: store}, [
         f"store: {mask_url(store)}, passed to the kernel in ${STORE_ENV} (never written here)"]
 
@@ -137,13 +137,14 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     config = str(config)
     study = load_study(config, data=data, subset=subset, epochs=epochs,  # fails early, names files
                        fingerprint=fingerprint, budget=budget)
-    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     src = Path(notebook) if notebook else notebook_template()
     nb = nbformat.read(src, as_version=4)
-    params = {"config": config, "workdir": str(Path.cwd()), "data": data, "subset": subset,
-              "epochs": epochs, "budget": budget,
-              "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
+    # the kernel works in the current folder: every path is given relative to it where it can be
+    params = {"config": _typed(config) if not is_shipped(config) else config, "workdir": ".",
+              "data": data, "subset": subset, "epochs": epochs, "budget": budget,
+              "store": None, "data_root": _typed(data_root), "out_dir": _typed(out_dir),
               "run_study": True}
     params["store"], kernel_env, notes = _store_for_kernel(store)
     nb = inject(nb, params, notes)
