@@ -85,8 +85,9 @@ def part_finetune(a, compile_: bool) -> dict:
     pipe = Pipeline(net.info.mean, net.info.std, a.res, spec.augment, torch.device(DEV), True)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
     from transferlab.hardware import BF16, FP32
-    trainer = Trainer(net, spec, pipe, torch.device(DEV), BF16 if DEV == "cuda" else FP32, tmp / "ck.pt",
-                      lambda row: None, lambda msg: None)
+    from transferlab.context import FitContext
+    trainer = Trainer(FitContext(spec, net, pipe, torch.device(DEV)),
+                      BF16 if DEV == "cuda" else FP32, tmp / "ck.pt")
     n = a.batch * a.steps
     x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))

@@ -21,6 +21,7 @@ import torch
 
 from transferlab import models, regimes
 from transferlab.augment import Pipeline
+from transferlab.context import FitContext
 from transferlab.config import load_study
 from transferlab.features import cached_features, probe_views
 from transferlab.probe import fit_heads, fold_standardisation, standardisation
@@ -114,8 +115,7 @@ def _backprop_step(spec, tmp: Path) -> Outcome:
     if hasattr(net.backbone, "data_init"):  # as experiment._train does (the baseline's whitening)
         net.backbone.data_init(pipe.eval(x).float())
     params, buffers = _snapshot(net)
-    trainer = Trainer(net, spec, pipe, CPU, FP32, tmp / "checkpoint.pt", lambda row: None,
-                      lambda line: None)
+    trainer = Trainer(FitContext(spec, net, pipe, CPU), FP32, tmp / "checkpoint.pt")
     shards = Shards.plan(len(x), spec.batch_size, 1)
     trainer.total = shards.steps * spec.epochs
     loss_sum, _, seen = trainer._train_epoch(x, y, 0, shards, 1, 0)

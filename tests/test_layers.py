@@ -17,7 +17,7 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     ("face", {"__main__", "cli", "notebook", "view", "predict", "export"}),
     ("study", {"study", "plan", "trained"}),
     ("experiment", {"experiment"}),
-    ("fit", {"train", "probe"}),
+    ("fit", {"train", "probe", "context"}),
     # views read records (and models): the final stage's choice and interval, tables,
     # conclusions, Russian labels, figures, architecture views, TensorBoard curves
     ("views", {"report", "final", "conclusions", "ru", "figures", "architecture", "tboard"}),

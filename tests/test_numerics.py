@@ -12,6 +12,7 @@ from torch import nn
 from conftest import write_config
 from transferlab import hardware, models
 from transferlab.augment import Pipeline
+from transferlab.context import FitContext
 from transferlab.config import load_study, parse_study
 from transferlab.data import fingerprint, make_splits
 from transferlab.store import Store
@@ -156,8 +157,8 @@ def _fp16_trainer(tmp_path, on_epoch):
     torch.manual_seed(0)
     net = models.build(spec, splits.num_classes)
     pipe = Pipeline(net.info.mean, net.info.std, 32, spec.augment, torch.device("cpu"))
-    return Trainer(net, spec, pipe, torch.device("cpu"), hardware.FP16_SCALED,
-                   tmp_path / "ck.pt", on_epoch, lambda s: None), splits
+    ctx = FitContext(spec, net, pipe, torch.device("cpu"), record_epoch=on_epoch)
+    return Trainer(ctx, hardware.FP16_SCALED, tmp_path / "ck.pt"), splits
 
 
 class _Killed(Exception):

@@ -32,7 +32,8 @@ def fake_fits(monkeypatch):
 
 def _sweep(spec, lines):
     val_y = torch.zeros(4, dtype=torch.long)
-    return probe.sweep(spec, 2, 2, None, None, [], val_y, spec.epochs, lines.append)
+    out = probe.sweep(spec, 2, 2, None, None, [], val_y, spec.epochs, lines.append)
+    return out.head, out.history, out.weight_decay, out.val_acc, out.rows, out.added
 
 
 def test_interior_choice_keeps_the_grid(fake_fits):
@@ -82,7 +83,8 @@ def test_without_validation_nothing_is_swept(fake_fits):
     calls = fake_fits(lambda wd: None)
     spec = _spec([0.0, 1e-2])
     out = probe.sweep(spec, 2, 2, None, None, [], torch.zeros(0, dtype=torch.long), 3, print)
-    assert out[2] == spec.optimizer.weight_decay and out[5] == [] and len(calls) == 1
+    assert out.weight_decay == spec.optimizer.weight_decay and out.added == [] and len(calls) == 1
+    assert out.val_acc is None  # nothing to score it on
 
 
 def test_the_probe_reports_its_last_epoch():
@@ -103,7 +105,7 @@ def test_without_validation_a_single_given_decay_is_used(fake_fits):
     fake_fits(lambda wd: None)
     spec = _spec([0.03])
     out = probe.sweep(spec, 2, 2, None, None, [], torch.zeros(0, dtype=torch.long), 3, print)
-    assert out[2] == 0.03 != spec.optimizer.weight_decay
+    assert out.weight_decay == 0.03 != spec.optimizer.weight_decay
 
 
 def test_final_stage_of_lp_ft_keeps_its_probes_decay():

@@ -4,6 +4,7 @@ import torch
 
 from transferlab import models, optim, regimes
 from transferlab.augment import Pipeline
+from transferlab.context import FitContext
 from transferlab.config import parse_study
 from transferlab.data import make_splits
 from transferlab.hardware import FP32
@@ -23,8 +24,8 @@ def _train(spec, tmp_path):
     regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     pipe = Pipeline(net.info.mean, net.info.std, 32, spec.augment, torch.device("cpu"))
-    Trainer(net, spec, pipe, torch.device("cpu"), FP32, tmp_path / "ck.pt", lambda r: None,
-            lambda s: None).fit(splits.x, splits.y)
+    Trainer(FitContext(spec, net, pipe, torch.device("cpu")), FP32,
+            tmp_path / "ck.pt").fit(splits.x, splits.y)
     return net, before
 
 

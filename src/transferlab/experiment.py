@@ -13,6 +13,7 @@ import torch
 from . import dist, evaluate, hardware, kernels, models, optim, probe, regimes
 from .augment import Pipeline
 from .config import ExperimentSpec
+from .context import FitContext
 from .data import Splits, stratified_sample
 from .errors import ExperimentFailed, UserError
 from .hardware import Choice
@@ -107,8 +108,8 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         details.budget_plan = p.as_dict()
         record_details(details.as_dict())
     fitter = budget.for_fit(spec, choices, splits, record_plan) if budget is not None else None
-    fitted = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch,
-                  say, fitter)
+    ctx = FitContext(spec, net, pipe, device, record_epoch, say)
+    fitted = _fit(ctx, splits, exp_dir, feature_dir, choices, fitter)
     fitted.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=peak.stop(), val_labels=splits.y["val"].tolist() or None,
                   test_labels=splits.y["test"].tolist())
@@ -183,19 +184,20 @@ def precision_text(setting: str, choices: dict[str, Choice]) -> str:
     return f"{ran} (precision = \"{setting}\")"
 
 
-def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say,
-         budget=None) -> dict:
+def _fit(ctx: FitContext, splits: Splits, exp_dir: Path, feature_dir: Path,
+         choices: dict[str, Choice], budget=None) -> dict:
     """The regime's phases in order: a head on cached features first where the regime has
     such a phase (the probe), then the backprop phases (the trainer) from that head."""
+    spec = ctx.spec
     phases = regimes.phases(spec)
     cached = [p for p in phases if p.on_features(spec)]
     probed = None
     if cached:
-        probed = probe.fit(spec, net, pipe, splits, feature_dir, choices["extract"].numerics,
-                           record_epoch, say, epochs=sum(p.epochs(spec) for p in cached))
+        probed = probe.fit(ctx, splits, feature_dir, choices["extract"].numerics,
+                           epochs=sum(p.epochs(spec) for p in cached))
     if len(cached) == len(phases):
         return probed
-    result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say, budget)
+    result = _train(ctx, splits, exp_dir, choices, budget)
     if probed is not None:  # what the probe phase chose, kept beside the fine-tuned result
         keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice", "constant_features")
         result["extra"]["probe"] = {"val_acc": probed["val_acc"], "test_acc": probed["test_acc"],
@@ -203,8 +205,9 @@ def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_
     return result
 
 
-def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
+def _train(ctx: FitContext, splits: Splits, exp_dir: Path, choices: dict[str, Choice],
            budget=None) -> dict:
+    spec, net, pipe, device, say = ctx.spec, ctx.net, ctx.pipe, ctx.device, ctx.say
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
@@ -215,7 +218,7 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
     elif choices["train"].numerics.fast_path and (n := kernels.use_fast_depthwise(net)):
         say(f"  cpu kernels    : direct weight gradient for the {n} depthwise convolutions "
             "(oneDNN's is slow when padding covers the map)")
-    trainer = Trainer(net, spec, pipe, device, choices["train"].numerics, ckpt, record_epoch, say,
+    trainer = Trainer(ctx, choices["train"].numerics, ckpt,
                       eval_numerics=choices["eval"].numerics, budget=budget)
     fit = trainer.fit(splits.x, splits.y)
     net.load_state_dict(fit.state)
