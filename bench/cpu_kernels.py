@@ -1,9 +1,9 @@
 """The two CPU fast paths of transferlab against plain PyTorch, side by side in one run.
 
   1. depthwise weight gradient: oneDNN (torch.ops.aten.convolution_backward) vs
-     transferlab.kernels.depthwise_weight_grad, per layer shape of EfficientNet-Lite at 64 px;
+     transferlab.fit.kernels.depthwise_weight_grad, per layer shape of EfficientNet-Lite at 64 px;
   2. one fp32 channels_last training step of a whole model (forward, backward, SGD), with
-     PyTorch's depthwise convolutions vs transferlab.kernels.use_fast_depthwise;
+     PyTorch's depthwise convolutions vs transferlab.fit.kernels.use_fast_depthwise;
   3. frozen-backbone feature extraction: eager vs transferlab's frozen TorchScript trace.
 
 Rounds alternate the two sides of each comparison; the table gives the median.

@@ -244,8 +244,8 @@ def test_a_one_minute_study_ends_on_time(tmp_path):
 
 def _the_views_state_the_budget(tmp: Path, cfg: Path, details: dict, b: dict) -> None:
     """`show`, the Russian final block and the conclusions give the budget's figures."""
-    from transferlab import conclusions, ru
-    from transferlab.report import Row
+    from transferlab.report.tables import conclusions, ru
+    from transferlab.report.tables import Row
     p = run_cli(tmp, "show", details["name"], cfg)
     n = math.ceil(b["planned_steps"] / details["budget_plan"]["steps_per_epoch"])
     assert f"epoch {n:>3}/{n}" in p.stdout and "budget 1m: the grid took" in p.stdout

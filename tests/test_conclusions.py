@@ -1,10 +1,10 @@
 """Conclusions drawn from made-up rows and configs: every number comes from the inputs."""
 import pytest
 
-from transferlab.conclusions import (comparison, conclusions, confound_section, cost_section,
+from transferlab.report.conclusions import (comparison, conclusions, confound_section, cost_section,
                                      final_section, paired_test, winner_section)
 from transferlab.record import Result
-from transferlab.report import Row
+from transferlab.report.tables import Row
 
 
 def row(name, model, regime, val, test, seconds, status="done", result=None):

@@ -20,16 +20,16 @@ import pytest
 import torch
 
 from transferlab import models, regimes
-from transferlab.augment import Pipeline
-from transferlab.context import FitContext
+from transferlab.fit.augment import Pipeline
+from transferlab.fit.context import FitContext
 from transferlab.config import load_study
-from transferlab.features import cached_features, probe_views
-from transferlab.probe import fit_heads, fold_standardisation, standardisation
-from transferlab.hardware import FP32
+from transferlab.fit.features import cached_features, probe_views
+from transferlab.fit.probe import fit_heads, fold_standardisation, standardisation
+from transferlab.fit.hardware import FP32
 from transferlab.models import make_head
-from transferlab.evaluate import on_images
+from transferlab.fit.evaluate import on_images
 from transferlab.resources import shipped_configs
-from transferlab.train import Shards, Trainer
+from transferlab.fit.train import Shards, Trainer
 
 GPU_CONFIGS = ("cifar10.toml", "cifar10-t4.toml")
 CONFIGS = shipped_configs()  # the package's own, by name

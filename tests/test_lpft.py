@@ -8,11 +8,12 @@ import shutil
 import pytest
 import torch
 
-from transferlab import probe, regimes
+from transferlab.fit import probe
+from transferlab import regimes
 from transferlab.config import parse_study
 from transferlab.errors import UserError
 from transferlab.store import Store
-from transferlab.train import Trainer
+from transferlab.fit.train import Trainer
 
 from test_reliability import _state, by_name, main_in, q
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from transferlab import record, store as store_mod
-from transferlab.report import format_details, study_rows
+from transferlab.report.tables import format_details, study_rows
 from transferlab.store import Store
 
 OLD = Path(__file__).resolve().parent / "data" / "store-main-40e65b1.db"
@@ -102,7 +102,7 @@ def test_upgraded_store_takes_new_work(old_store):
 def test_old_results_without_predictions_state_intervals_not_a_paired_test(old_store):
     """Results written before validation predictions were kept: the conclusions compare them
     by their Wilson intervals and say why no paired test was made."""
-    from transferlab.conclusions import comparison
+    from transferlab.report.conclusions import comparison
     st = Store(old_store, create=False)
     study = st.study("tiny")
     rows = [r for r in study_rows(st, study["members"], study["externals"]) if r.val_acc is not None]

@@ -9,7 +9,7 @@ import browser
 import nbformat
 import pytest
 
-from transferlab import notebook
+from transferlab.report.tables import notebook
 from transferlab.cli import main
 from transferlab.config import load_study
 from transferlab.data import fingerprint
@@ -215,12 +215,12 @@ def test_code_shown_entries_resolve_and_a_missing_one_degrades():
         src, _ = notebook.code_source(module, qualname)
         assert f"def {qualname.split('.')[-1]}(" in src or f"class {qualname.split('.')[-1]}" in src
         assert f"{module}.{qualname}" in page
-    gone = [("transferlab.train", "no_such_function"), ("transferlab.no_such_module", "f")]
+    gone = [("transferlab.fit.train", "no_such_function"), ("transferlab.no_such_module", "f")]
     for entry in gone:
         with pytest.raises((AttributeError, ImportError)):
             notebook.code_html([entry], strict=True)
-    page = notebook.code_html(gone + [("transferlab.optim", "lr_factor")])
-    assert page.count("Не удалось показать") == 2 and "transferlab.train.no_such_function" in page
+    page = notebook.code_html(gone + [("transferlab.fit.optim", "lr_factor")])
+    assert page.count("Не удалось показать") == 2 and "transferlab.fit.train.no_such_function" in page
     assert "lr_factor" in page
 
 

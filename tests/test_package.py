@@ -9,7 +9,8 @@ import nbformat
 import pytest
 from PIL import Image
 
-from transferlab import notebook, resources
+from transferlab.report.tables import notebook
+from transferlab import resources
 from transferlab.config import load_study
 from transferlab.errors import UserError
 from transferlab.resources import shipped_configs

@@ -3,7 +3,7 @@ beyond that edge, at most twice) and says so; the probe reports its last epoch."
 import pytest
 import torch
 
-from transferlab import probe
+from transferlab.fit import probe
 from transferlab.config import parse_study
 
 
@@ -96,7 +96,7 @@ def test_the_probe_reports_its_last_epoch():
     head, hist = probe.fit_head(spec, 6, 3, f, y, vf, vy, 0.0)
     assert [r["epoch"] for r in hist] == [1, 2, 3]
     # the returned head is the last epoch's: its validation accuracy is the last row's
-    from transferlab import evaluate
+    from transferlab.fit import evaluate
     assert evaluate.on_features(head, vf, vy).acc == hist[-1]["val_acc"]
 
 

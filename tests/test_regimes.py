@@ -2,13 +2,14 @@
 import pytest
 import torch
 
-from transferlab import models, optim, regimes
-from transferlab.augment import Pipeline
-from transferlab.context import FitContext
+from transferlab import models, regimes
+from transferlab.fit import optim
+from transferlab.fit.augment import Pipeline
+from transferlab.fit.context import FitContext
 from transferlab.config import parse_study
 from transferlab.data import make_splits
-from transferlab.hardware import FP32
-from transferlab.train import Trainer
+from transferlab.fit.hardware import FP32
+from transferlab.fit.train import Trainer
 
 
 def _spec(regime, **kw):

@@ -1,9 +1,10 @@
 """The notebook's Russian layer: headers, regimes, the best/final-model block from stored records."""
 import pytest
 
-from transferlab import regimes, ru
+from transferlab import regimes
+from transferlab.report.tables import ru
 from transferlab.record import Description, Result
-from transferlab.report import Row
+from transferlab.report.tables import Row
 
 DETAILS = {"arch": "timm:tf_efficientnet_lite0", "family": "efficientnet",
            "old_head": "Linear(1280->1000)", "new_head": "Linear(1280->10)", "regime": "full",

@@ -170,7 +170,7 @@ def cmd_run(args) -> int:
         say(f"  {name}: {reason}")
     if out.failed:
         say("fix the cause, then run again with --retry-failed (finished experiments are kept)")
-    from . import dist
+    from .fit import dist
     dist.finish()  # last: after it every process counts as rank 0
     return 1 if out.failed else 0
 
@@ -243,7 +243,7 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
 
 
 def cmd_status(args) -> int:
-    from .report import format_table, study_rows
+    from .report.tables import format_table, study_rows
     store, members, externals, name = _members(args)
     rows = study_rows(store, members, externals, planned=getattr(args, "planned", None),
                       other_runs=bool(args.config and store.study_runs(name)))
@@ -255,7 +255,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import best_row, best_summary, final_summary, format_table, report_json, study_rows
+    from .report.tables import best_row, best_summary, final_summary, format_table, report_json, study_rows
     store, members, externals, name = _members(args)
     grid, final = _split_final(store, members)
     rows = study_rows(store, grid, externals, planned=getattr(args, "planned", None),
@@ -280,7 +280,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import experiment_log
+    from .report.tables import experiment_log
     store, members, _, _ = _members(args)
     ids = dict(members)
     if args.name not in ids:
@@ -351,7 +351,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_notebook(args) -> int:
-    from .notebook import execute
+    from .report.notebook import execute
     paths = execute(args.config, out_dir=args.out, data=args.data, subset=args.subset,
                     epochs=args.epochs, budget=args.budget, store=args.store,
                     data_root=args.data_root,

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import torch
 
-from . import dist, evaluate, hardware, kernels, models, optim, probe, regimes
-from .augment import Pipeline
+from .fit import dist, evaluate, hardware, kernels, optim, probe
+from . import models, regimes
+from .fit.augment import Pipeline
 from .config import ExperimentSpec
-from .context import FitContext
+from .fit.context import FitContext
 from .data import Splits, stratified_sample
 from .errors import ExperimentFailed, UserError
-from .hardware import Choice
-from .optim import describe_optimizer
+from .fit.hardware import Choice
+from .fit.optim import describe_optimizer
 from .record import Description, Result
-from .train import Shards, Trainer
+from .fit.train import Shards, Trainer
 from .util import PeakMemory, atomic_save, environment, eval_batch, safe_load, seed_everything
 
 

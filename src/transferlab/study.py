@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from . import dist, final
+from .fit import dist
+from . import final
 from . import plan as planning
 from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, make_splits

@@ -17,10 +17,11 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import architecture, conclusions, figures, fmt, models, report, resources, ru, util
-from . import final as final_stage
-from .config import load_study
-from .places import typed_path
+from . import architecture, conclusions, figures, tables as report, ru
+from .. import fmt, models, resources, util
+from .. import final as final_stage
+from ..config import load_study
+from ..places import typed_path
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class StudyView:
         """Load the study (relative paths are `workdir`'s), open its store and a runner."""
         import os
 
-        from .data import fingerprint
-        from .study import Runner
+        from ..data import fingerprint
+        from ..study import Runner
         where = Path(workdir).expanduser() if workdir else resources.default_workdir()
         where.mkdir(parents=True, exist_ok=True)
         os.chdir(where)  # every relative path (config, store, runs/, out_dir) is workdir's

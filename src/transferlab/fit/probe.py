@@ -19,11 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dist, evaluate, optim
-from .config import ExperimentSpec
+from ..config import ExperimentSpec
 from .context import FitContext
 from .features import cached_features, probe_views
-from .net import make_head
-from .record import EpochRow, format_epoch
+from ..net import make_head
+from ..record import EpochRow, format_epoch
 
 MAX_EXTENSIONS = 2  # extra weight decays tried beyond the edge of the configured grid
 EPOCH_CHOICE = "the last epoch (validation chose the weight decay)"  # what a probe reports

@@ -12,9 +12,9 @@ from collections import OrderedDict
 
 import torch
 
-from . import models, regimes
-from .config import ExperimentSpec, Study
-from .errors import WeightsUnavailable
+from .. import models, regimes
+from ..config import ExperimentSpec, Study
+from ..errors import WeightsUnavailable
 
 
 def specs_by_model(study: Study) -> "OrderedDict[str, list[ExperimentSpec]]":

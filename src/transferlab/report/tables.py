@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from . import fmt, record
-from .final import rank_key
-from .record import Result
-from .store import Store
+from .. import fmt, record
+from ..final import rank_key
+from ..record import Result
+from ..store import Store
 
 
 def epochs_total(details: dict | None, config_epochs: int) -> int:
@@ -156,7 +156,7 @@ def best_summary(store: Store, row: Row) -> list[str]:
 
 def regime_text(d: record.Description) -> str:
     """The regime in English, from the registry (regimes.py) and the stored record."""
-    from . import regimes
+    from .. import regimes
     return regimes.text(d.facts(), "en") if d.regime else (d.regime_description or "")
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from . import regimes
+from .. import regimes
 
 EXTERNAL_COLOUR = "#8c8c8c"
 EXTERNAL_TEXT = "внешний результат"  # legend of results obtained elsewhere

@@ -7,9 +7,9 @@ the registry's own (regimes.py), numbers read as fmt.py writes them. Values that
 """
 from __future__ import annotations
 
-from . import fmt, regimes, stats
-from .fmt import pct
-from .record import BudgetPlan, Description, Result
+from .. import fmt, regimes, stats
+from ..fmt import pct
+from ..record import BudgetPlan, Description, Result
 
 HEADERS = {
     "experiment": "эксперимент", "status": "статус", "model": "модель", "regime": "режим",

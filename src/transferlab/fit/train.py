@@ -16,14 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dist, evaluate, hardware, optim, regimes
-from .config import ExperimentSpec
+from . import dist, evaluate, hardware, optim
+from .. import regimes
+from ..config import ExperimentSpec
 from .context import FitContext
-from .errors import ClaimLost, ExperimentFailed
+from ..errors import ClaimLost, ExperimentFailed
 from .hardware import Numerics
 from .optim import make_optimizer
-from .record import BudgetPlan, EpochRow, format_epoch
-from .util import atomic_save, eval_batch, progress, safe_load
+from ..record import BudgetPlan, EpochRow, format_epoch
+from ..util import atomic_save, eval_batch, progress, safe_load
 
 
 # ------------------------------------------------------------------ the loop

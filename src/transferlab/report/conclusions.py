@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from . import regimes, stats
-from .fmt import ci, pct, pp, span
-from .report import Row, best_row
+from .. import regimes, stats
+from ..fmt import ci, pct, pp, span
+from .tables import Row, best_row
 
 # the settings that change what a regime comparison measures, in the order they are named
 SETTINGS = [("resolution", "разрешение"), ("optimizer", "оптимизатор"), ("epochs", "число эпох"),
