@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .. import fmt, record
 from ..final import rank_key
+from ..places import typed_path
 from ..record import Result
 from ..store import Store
 
@@ -211,7 +212,7 @@ def budget_lines(b: dict | None) -> list[str]:
 def report_json(name: str, store: Store, rows: list[Row], final: dict | None) -> dict:
     """`transferlab report --json`: the table, the validation-best grid row and the final model."""
     best = best_row(rows)
-    return {"study": name, "store": str(store.path), "rows": [r.as_dict() for r in rows],
+    return {"study": name, "store": typed_path(store.path), "rows": [r.as_dict() for r in rows],
             "best_on_validation": best.name if best else None, "final": final,
             "budget": (final or {}).get("budget"),
             "answer_test_acc": (final or {}).get("test_acc") if final else

@@ -4,7 +4,7 @@ Each method returns what its cell displays (text to print, HTML or Markdown, fig
 images) and `show` displays it, so a notebook cell is one call and one display and the
 template holds no store query, no JSON and no logic of its own. Every figure and sentence
 comes from the library's views (tables, figures, conclusions, Russian text), the same ones
-the CLI uses; the experiment logs are `transferlab show`'s own (report.experiment_log).
+the CLI uses; the experiment logs are `transferlab show`'s own (tables.experiment_log).
 
 Paths are printed as the user gave them, relative to the working folder (places.typed_path):
 an executed report names no folder of the machine it was made on.
@@ -17,7 +17,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import architecture, conclusions, figures, tables as report, ru
+from . import architecture, conclusions, figures, ru, tables
 from .. import fmt, models, resources, util
 from .. import final as final_stage
 from ..config import load_study
@@ -245,22 +245,22 @@ class StudyView:
 
     def logs(self) -> list:
         """Each experiment's record, as `transferlab show` prints it (in English)."""
-        out = [report.experiment_log(self.store, name, exp_id) for name, exp_id in self.members()]
+        out = [tables.experiment_log(self.store, name, exp_id) for name, exp_id in self.members()]
         if (fin := self.final_member()) is not None:
-            out.append(report.experiment_log(self.store, *fin, stage="FINAL STAGE, "))
+            out.append(tables.experiment_log(self.store, *fin, stage="FINAL STAGE, "))
         return ["\n\n".join("\n".join(lines) for lines in out)]
 
     # -------------------------------------------------------------- results
 
     def rows(self) -> list:
         externals = [x.__dict__ for x in self.study.externals]
-        return report.study_rows(self.store, self.members(), externals)
+        return tables.study_rows(self.store, self.members(), externals)
 
     def final_row(self):
         fin = self.final_member()
         if fin is None:
             return None
-        row, = report.study_rows(self.store, [fin], [])
+        row, = tables.study_rows(self.store, [fin], [])
         return dataclasses.replace(row, final=True)
 
     def configs(self) -> dict:
@@ -271,12 +271,12 @@ class StudyView:
         out = [_table(*ru.results_table(self.rows(), self.configs(), self.sizes))]
         if (r := self.final_row()) is not None:
             out.append(f"финальная модель: {r.name} ({ru.status(r.status)}), тест "
-                       f"{fmt.ci(r.test_acc, report.test_n(r.result))}")
+                       f"{fmt.ci(r.test_acc, tables.test_n(r.result))}")
         return out
 
     def chart(self) -> list:
         rows, fin = self.rows(), self.final_row()
-        n_grid, n_fin = self.sizes["test"], report.test_n(fin.result) if fin else None
+        n_grid, n_fin = self.sizes["test"], tables.test_n(fin.result) if fin else None
         title = f"{self.study.name}: точность на тесте (n = {n_grid})"
         if n_fin and n_fin != n_grid:  # the final model is scored on its own test split
             title = f"{self.study.name}: точность на тесте (сетка: n = {n_grid}; ФИНАЛ: n = {n_fin})"
@@ -300,7 +300,7 @@ class StudyView:
     def answer(self):
         """The study's answer: the final model once it is done, else the grid's best."""
         fin = self.final_row()
-        return fin if fin is not None and fin.status == "done" else report.best_row(self.rows())
+        return fin if fin is not None and fin.status == "done" else tables.best_row(self.rows())
 
     def confusion(self) -> list:
         shown = self.answer()
@@ -317,7 +317,7 @@ class StudyView:
     # -------------------------------------------------------------- the best and final models
 
     def best_models(self) -> list:
-        best, fin = report.best_row(self.rows()), self.final_row()
+        best, fin = tables.best_row(self.rows()), self.final_row()
         if best is None:
             return ["выбирать пока не из чего"]
         out = self._model_block(best, "Лучшая модель** (выбрана по точности на валидации)",
@@ -326,7 +326,7 @@ class StudyView:
             d = self.store.description(fin.exp_id)
             out += self._model_block(
                 fin, "Финальная модель — ответ исследования**",
-                {"val": 0, "test": report.test_n(fin.result) or self.sizes["test"]},
+                {"val": 0, "test": tables.test_n(fin.result) or self.sizes["test"]},
                 title="Финальная модель (конфигурация, лучшая по валидации, обучена на всех "
                       "обучающих изображениях)", chosen=ru.final_reason(d.final or {}),
                 trained_on=(d.split_sizes or {}).get("train"))
