@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from transferlab import kernels  # noqa: E402
+from transferlab.fit import kernels  # noqa: E402
 from transferlab.models import _timm_backbone  # noqa: E402
 
 # (channels, kernel, stride, input side): depthwise layers of Lite0 at 64 px

@@ -244,7 +244,7 @@ def test_a_one_minute_study_ends_on_time(tmp_path):
 
 def _the_views_state_the_budget(tmp: Path, cfg: Path, details: dict, b: dict) -> None:
     """`show`, the Russian final block and the conclusions give the budget's figures."""
-    from transferlab.report.tables import conclusions, ru
+    from transferlab.report import conclusions, ru
     from transferlab.report.tables import Row
     p = run_cli(tmp, "show", details["name"], cfg)
     n = math.ceil(b["planned_steps"] / details["budget_plan"]["steps_per_epoch"])

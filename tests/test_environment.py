@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from transferlab.report.tables import ru
+from transferlab.report import ru
 from transferlab import util
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")

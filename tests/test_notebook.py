@@ -9,7 +9,7 @@ import browser
 import nbformat
 import pytest
 
-from transferlab.report.tables import notebook
+from transferlab.report import notebook
 from transferlab.cli import main
 from transferlab.config import load_study
 from transferlab.data import fingerprint

@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from transferlab.report.tables import notebook
+from transferlab.report import notebook
 from transferlab import resources
 from transferlab.config import load_study
 from transferlab.errors import UserError

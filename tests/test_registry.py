@@ -2,7 +2,7 @@
 it, and its phases are ones the fits can run (cached-feature phases first, head only)."""
 import pytest
 
-from transferlab.report.tables import figures
+from transferlab.report import figures
 from transferlab import plan, regimes
 from transferlab.config import parse_study
 from transferlab.errors import UserError
@@ -79,7 +79,7 @@ def _recorded(spec, en: str) -> "Description":
 def test_cli_report_and_russian_text_describe_each_regime_from_its_entry(name, settings):
     """`transferlab show` (the recorded English line), the CLI report and the Russian
     notebook all say what the registry entry says, for every registered regime."""
-    from transferlab.report.tables import tables as report, ru
+    from transferlab.report import ru, tables
     if name == "scratch" or (settings.get("weights") and not regimes.get(name).pretrained):
         settings = {}
     spec = _spec(name, **({"gradual_head_epochs": 1} if name == "gradual" else {}), **settings)
@@ -90,7 +90,7 @@ def test_cli_report_and_russian_text_describe_each_regime_from_its_entry(name, s
     assert en == regimes.description(spec, frozen, trained)  # what an experiment records
     d = _recorded(spec, en)
     assert f"  regime         : {name}: {en}" in d.lines()  # `transferlab show`
-    assert report.regime_text(d) == en  # `transferlab report`'s best-model block
+    assert tables.regime_text(d) == en  # `transferlab report`'s best-model block
     assert ru.regime_text(d) == russian  # the notebook's best/final-model block
     assert "?" not in russian and "{" not in russian and name not in russian
     assert ru.regime(name) == regimes.ru_name(name) != name  # the tables' name, never the raw one
@@ -101,7 +101,7 @@ def test_cli_report_and_russian_text_describe_each_regime_from_its_entry(name, s
 def test_an_old_gradual_record_reads_its_settings_from_the_old_key():
     """Records written before regime_settings kept gradual's under `gradual`: the Russian
     block still gives the head epochs and the LR scale, not '?'."""
-    from transferlab.report.tables import ru
+    from transferlab.report import ru
     from transferlab.record import Description
     d = Description.from_dict({"regime": "gradual", "gradual": {"head_epochs": 2, "lr_scale": 0.1},
                                "groups": [{"group": "head", "trained": True}], "epochs": 5})

@@ -2,7 +2,7 @@
 import pytest
 
 from transferlab import regimes
-from transferlab.report.tables import ru
+from transferlab.report import ru
 from transferlab.record import Description, Result
 from transferlab.report.tables import Row
 
