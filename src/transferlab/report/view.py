@@ -92,7 +92,8 @@ class StudyView:
         overrides = {k: v for k, v in {"data": data, "subset": subset, "epochs": epochs,
                                        "budget": budget}.items() if v is not None}
         runner = Runner(study, data_root=data_root, overrides=overrides)
-        return cls(runner, config, workdir or typed_path(where), out_dir, overrides)
+        # the folder as the user gave it; where none was given, the one chosen for them
+        return cls(runner, config, workdir or str(where), out_dir, overrides)
 
     # -------------------------------------------------------------- set-up and data
 
