@@ -223,26 +223,3 @@ def test_a_folder_of_120_images_per_class_is_chosen_by_k_fold(cli, workdir):
     code, again, _ = cli("run", cfg)  # nothing redone: the folds and the final are done
     assert code == 0 and "fold experiment(s) to run" not in again and "0 ran" in again
 
-
-def test_a_killed_fold_resumes_without_redoing_finished_folds(cli, workdir, monkeypatch):
-    import transferlab.experiment as experiment
-    cfg = write_config(workdir / "k.toml", study_text('selection = "kfold"\nfolds = 3')
-                       .replace('name = "sel"', 'name = "k"'))
-    real, ran = experiment.run, []
-
-    def run(spec, *a, **k):
-        if spec.name == "base.fold2of3" and not any(n == spec.name for n in ran):
-            ran.append(spec.name)
-            raise KeyboardInterrupt  # killed in the middle of the second fold
-        ran.append(spec.name)
-        return real(spec, *a, **k)
-    monkeypatch.setattr(experiment, "run", run)
-    with pytest.raises(KeyboardInterrupt):
-        cli("run", cfg)
-    assert ran == ["base", "lite0-linear", "base.fold1of3", "base.fold2of3"]
-    ran.clear()
-    code, out, err = cli("run", cfg)
-    assert code == 0, out + err
-    assert "base.fold1of3" not in ran and "base" not in ran  # finished work is not redone
-    assert ran[:2] == ["base.fold2of3", "base.fold3of3"]
-    assert ran[-1] == _report(cli, cfg)["final"]["name"]
