@@ -106,10 +106,14 @@ def test_shipped_configs_load():
     source_models = {e.model for e in full.experiments if e.model != "baseline"}
     assert len(source_models) == 4
     assert any(e.model == "baseline" for e in quick.experiments)
-    # the quick study: 4 source models x the same 2 configurations, then a final stage
+    # the quick study: 4 source models x 2 configurations (a frozen backbone, then fine-tuning:
+    # the last layers, or for Lite0 the whole network), a from-scratch Lite0, a final stage
     pretrained = [e for e in quick.experiments if e.model != "baseline" and e.weights != "none"]
     configs = {}
     for e in pretrained:
         configs.setdefault(e.model, set()).add("frozen" if e.uses_features else e.regime)
-    assert len(configs) == 4 and all(c == {"frozen", "full"} for c in configs.values()), configs
+    assert len(configs) == 4 and all(len(c) == 2 and "frozen" in c for c in configs.values())
+    assert configs["tf_efficientnet_lite0"] == {"frozen", "full"}, configs
+    assert {"last:2"} < configs["tf_efficientnet_lite1"], configs
+    assert any(e.weights == "none" and e.model == "tf_efficientnet_lite0" for e in quick.experiments)
     assert quick.final is not None and full.final is not None

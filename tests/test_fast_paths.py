@@ -80,6 +80,84 @@ def test_only_plain_depthwise_convs_switch_and_state_dict_keeps_its_keys():
     assert list(net.state_dict()) == keys
 
 
+# ------------------------------------------------------------------ frozen layers in bf16
+
+class _Backbone(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.blocks = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.pool(self.blocks(self.stem(x)))
+
+
+class _TwoPartNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone, self.head = _Backbone(), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+def _frozen_prefix_net():
+    torch.manual_seed(0)
+    net = _TwoPartNet()
+    for p in [*net.backbone.stem.parameters(), *net.backbone.blocks[0].parameters()]:
+        p.requires_grad_(False)  # a last:K regime: the stem and the first block frozen
+    net.backbone.stem.eval()
+    return net
+
+
+def _step(net, x):
+    net.zero_grad(set_to_none=True)
+    net(x).square().sum().backward()
+    return {n: p.grad.clone() for n, p in net.named_parameters() if p.requires_grad}
+
+
+def test_frozen_layers_run_in_bf16_and_the_trained_ones_keep_fp32_gradients():
+    ref, net = _frozen_prefix_net(), _frozen_prefix_net()
+    keys = list(net.state_dict())
+    seen = {}
+    net.backbone.blocks[1].register_forward_pre_hook(
+        lambda m, a: seen.update(dtype=a[0].dtype, autocast=torch.is_autocast_enabled("cpu")))
+    assert kernels.frozen_layers_in_bf16(net) == 3  # stem.0, stem.1, blocks.0 (the rest trains)
+    assert kernels.frozen_layers_in_bf16(net) == 3  # idempotent: no second set of hooks
+    x = torch.randn(4, 3, 8, 8)
+    want, got = _step(ref, x), _step(net, x)
+    assert seen == {"dtype": torch.float32, "autocast": False}  # the trained unit: fp32 input
+    assert set(got) == set(want) == {"backbone.blocks.1.weight", "backbone.blocks.1.bias",
+                                     "head.weight", "head.bias"}
+    for n in want:  # bf16 rounding of the frozen features, nothing more
+        assert torch.allclose(got[n], want[n], rtol=0.05, atol=0.05 * want[n].abs().max().item())
+    assert not all(torch.equal(got[n], want[n]) for n in want)  # bf16 really ran
+    assert list(net.state_dict()) == keys
+    with torch.no_grad():  # evaluation keeps its own numerics: exactly fp32 here
+        assert torch.equal(net(x), ref(x))
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_frozen_layer_that_a_gradient_must_cross_stays_fp32():
+    ref, net = _frozen_prefix_net(), _frozen_prefix_net()
+    for m in (ref, net):  # the stem trains now: a gradient crosses the frozen blocks.0
+        for p in m.backbone.stem.parameters():
+            p.requires_grad_(True)
+    assert kernels.frozen_layers_in_bf16(net) == 1
+    x = torch.randn(4, 3, 8, 8)
+    want, got = _step(ref, x), _step(net, x)
+    assert all(torch.equal(got[n], want[n]) for n in want)
+
+
+def test_frozen_bf16_is_a_training_candidate_only_where_bf16_is_native():
+    from transferlab import hardware
+    assert hardware.FROZEN_BF16 in hardware.cpu_candidates("auto", "train", True)
+    assert hardware.FROZEN_BF16 not in hardware.cpu_candidates("auto", "train", False)
+    assert hardware.FROZEN_BF16 not in hardware.cpu_candidates("fp32", "train", True)
+    assert hardware.FROZEN_BF16 not in hardware.cpu_candidates("auto", "eval", True)
+
+
 # ------------------------------------------------------------------ frozen-trace extraction
 
 class _ConvNet(nn.Module):

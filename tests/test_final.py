@@ -203,3 +203,17 @@ def test_backprop_epochs_are_chosen_on_validation_scored_like_the_ranking(cli, w
     assert rows["main"]["val_acc"] == max(acc for _, _, acc in per_epoch)
     code, out, err = cli("report", cfg)
     assert "validation scored with flip TTA, as the ranking and the test" in out
+
+
+def test_the_baseline_cnn_keeps_its_own_resolution_in_the_final_stage():
+    from transferlab import final as final_stage
+    from transferlab.config import parse_study
+    study = parse_study({
+        "study": {"name": "r", "data": "synthetic:20", "final": {"resolution": 80}},
+        "defaults": {"epochs": 1, "weights": "none"},
+        "experiment": [{"name": "cnn", "model": "baseline", "regime": "scratch", "resolution": 32},
+                       {"name": "lite", "model": "efficientnet_lite0", "regime": "full",
+                        "resolution": 64}]})
+    cnn, lite = study.experiments
+    assert final_stage.final_spec(cnn, study.final, None).resolution == 32  # 6x dearer at 80 px
+    assert final_stage.final_spec(lite, study.final, None).resolution == 80

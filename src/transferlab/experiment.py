@@ -229,6 +229,9 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
     elif choices["train"].numerics.fast_path and (n := kernels.use_fast_depthwise(net)):
         say(f"  cpu kernels    : direct weight gradient for the {n} depthwise convolutions "
             "(oneDNN's is slow when padding covers the map)")
+    if choices["train"].numerics.frozen_bf16 and (n := kernels.frozen_layers_in_bf16(net)):
+        say(f"  cpu kernels    : the {n} frozen layer unit(s) run in bf16 (inference: no "
+            "gradient passes through them)")
     trainer = Trainer(net, spec, pipe, device, choices["train"].numerics, ckpt, record_epoch, say,
                       eval_numerics=choices["eval"].numerics, budget=budget)
     x, y = splits.x, splits.y

@@ -118,6 +118,15 @@ def plan(study: Study, store: Store) -> Plan:
     return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel)
 
 
+def final_resolution(parent: ExperimentSpec, final: FinalSpec) -> int | None:
+    """[study.final] resolution, except for the baseline CNN: built for the data's own 32 px,
+    it gains nothing from an upsampled input and would pay (80/32)^2 = 6x per image for it
+    (and, as the dearest candidate, hold the whole budget's plan hostage)."""
+    if parent.model == "baseline":
+        return parent.resolution
+    return final.resolution or parent.resolution
+
+
 def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None,
                budget: str | None = None) -> ExperimentSpec:
     """The parent's settings on every training image, with the final budget. A probe keeps its
@@ -129,7 +138,7 @@ def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None
     data = dataclasses.replace(parent.data, subset=final.subset, val_fraction=0.0)
     spec = dataclasses.replace(
         parent, name=(FINAL_PREFIX + parent.name)[:80], data=data,
-        resolution=final.resolution or parent.resolution,
+        resolution=final_resolution(parent, final),
         batch_size=final.batch_size or parent.batch_size)
     if parent.uses_features:
         wd = parent.optimizer.weight_decay if chosen_wd is None else float(chosen_wd)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .util import cpu_name, default_data_root
+from .util import cpu_name, default_data_root, train_mode_except_frozen
 
 KINDS = ("train", "extract", "eval")
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ class Numerics:
     dtype: torch.dtype | None  # the autocast dtype; None = plain fp32
     fast_path: bool = False  # fp32 only: depthwise kernel (train) or frozen trace (extract)
     scaler: bool = False  # fp16 training: dynamic loss scaling
+    frozen_bf16: bool = False  # fp32 training whose frozen layers run in bf16 (inference)
 
     def autocast(self, device: torch.device):
         if self.dtype is None:
@@ -62,7 +63,9 @@ FP16 = Numerics("fp16 autocast", torch.float16)
 FP16_SCALED = Numerics("fp16 autocast + loss scaling", torch.float16, scaler=True)
 FAST = {"train": Numerics("fp32 + depthwise kernel", None, fast_path=True),
         "extract": Numerics("fp32 + frozen trace", None, fast_path=True)}
-_BY_NAME = {n.name: n for n in (FP32, BF16, FP16, FP16_SCALED, *FAST.values())}
+FROZEN_BF16 = Numerics("fp32 + depthwise kernel, frozen layers bf16", None, fast_path=True,
+                       frozen_bf16=True)
+_BY_NAME = {n.name: n for n in (FP32, BF16, FP16, FP16_SCALED, FROZEN_BF16, *FAST.values())}
 
 
 def by_name(name: str) -> Numerics:
@@ -128,7 +131,9 @@ def cpu_candidates(precision: str, kind: str, native_bf16: bool) -> list[Numeric
     if precision == "fp16":  # slow on CPUs; here to run fp16 code paths without a GPU
         return [FP16_SCALED if kind == "train" else FP16]
     fp32 = [FP32] + ([FAST[kind]] if kind in FAST else [])
-    return fp32 + ([BF16] if precision == "auto" and native_bf16 else [])
+    if precision != "auto" or not native_bf16:
+        return fp32
+    return fp32 + ([FROZEN_BF16] if kind == "train" else []) + [BF16]
 
 
 # ------------------------------------------------------------------ measuring
@@ -214,7 +219,9 @@ def measure(module: nn.Module, kind: str, cands: list[Numerics], batch: int, res
             if kind == "train":
                 if c.fast_path and kernels.use_fast_depthwise(m) == 0:
                     continue  # nothing to switch: not a candidate for this model
-                m.train()
+                if c.frozen_bf16 and kernels.frozen_layers_in_bf16(m) == 0:
+                    continue  # nothing frozen: the same as the depthwise kernel alone
+                train_mode_except_frozen(m)  # as the regime trains: frozen BN in eval
                 step = _train_step(m, c, x, y)
             else:
                 m.eval()

@@ -128,3 +128,59 @@ def frozen_for_inference(backbone: nn.Module, sample: torch.Tensor, expected: to
         err = float((got - expected).abs().max())
         return None, f"traced output differs from eager by up to {err:.3g} (scale {scale:.3g})"
     return frozen, None
+
+
+# ------------------------------------------------------------------ frozen layers in bf16
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList)
+
+
+def _units(backbone: nn.Module) -> list[nn.Module]:
+    """The backbone's direct children, a Sequential or ModuleList opened one level (a timm
+    stage): coarse enough that the casts between units cost little."""
+    units = []
+    for child in backbone.children():
+        units.extend(child.children() if isinstance(child, _CONTAINERS) else [child])
+    return units
+
+
+def _frozen(m: nn.Module) -> bool:
+    own = list(m.parameters())
+    return bool(own) and not any(p.requires_grad for p in own)
+
+
+def _enter_bf16(m: nn.Module, args):
+    """A frozen unit whose input needs no gradient is pure inference inside a training step:
+    run it under bf16 autocast. Anything that needs a gradient through it stays fp32, so
+    what is trained and the gradients it gets are as in plain fp32."""
+    if not torch.is_grad_enabled() or not _frozen(m) or \
+            any(torch.is_tensor(a) and a.requires_grad for a in args):
+        return None
+    ctx = torch.autocast(args[0].device.type, dtype=torch.bfloat16)
+    ctx.__enter__()
+    m._bf16_ctx = ctx
+    return None
+
+
+def _leave_bf16(m: nn.Module, args, out):
+    ctx = m.__dict__.pop("_bf16_ctx", None)
+    if ctx is None:
+        return None
+    ctx.__exit__(None, None, None)
+    return out.float() if torch.is_tensor(out) and out.dtype == torch.bfloat16 else out
+
+
+def frozen_layers_in_bf16(net: nn.Module) -> int:
+    """Run the frozen units of `net.backbone` (a regime's frozen stem and first stages) under
+    bf16 autocast in training steps; returns how many units are frozen now. Where bf16 is
+    native (AMX, AVX512-BF16) bf16 inference is 1.4-2.4x fp32 while bf16 training is ~0.5x
+    (bench/RESULTS.md section 3), so the frozen prefix of a `last:K` fine-tune is the part
+    of a step that bf16 speeds up. Hooks only: parameters and state-dict keys are unchanged;
+    evaluation (grad disabled) keeps the eval numerics."""
+    units = _units(net.backbone)
+    for m in units:
+        if not getattr(m, "_bf16_hooked", False):
+            m.register_forward_pre_hook(_enter_bf16)
+            m.register_forward_hook(_leave_bf16, always_call=True)  # exits on errors too
+            m._bf16_hooked = True
+    return sum(_frozen(m) for m in units)

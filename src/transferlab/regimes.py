@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from .util import train_mode_except_frozen
+
 HEAD, ALL = "head", "all"  # what a phase trains; or "last" (the regime's last K groups + head)
 
 
@@ -281,8 +283,4 @@ def describe(spec, frozen: list[str]) -> str:
 
 def set_train_mode(net) -> None:
     """Train mode, except modules with no trainable parameter: frozen BN keeps its statistics."""
-    net.train()
-    for m in net.modules():
-        own = list(m.parameters())
-        if own and not any(p.requires_grad for p in own):
-            m.eval()
+    train_mode_except_frozen(net)

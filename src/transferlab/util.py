@@ -276,3 +276,13 @@ def _sample_rss(ref, done: threading.Event, every: float = 0.02) -> None:
             return
         tracker.peak = max(tracker.peak, _proc_status_mb("VmRSS") or 0.0)
         del tracker
+
+
+def train_mode_except_frozen(net: torch.nn.Module) -> None:
+    """Train mode, except modules with no trainable parameter: frozen BN keeps its statistics
+    (how a regime trains, and so how its steps are timed)."""
+    net.train()
+    for m in net.modules():
+        own = list(m.parameters())
+        if own and not any(p.requires_grad for p in own):
+            m.eval()
