@@ -96,7 +96,7 @@ def test_selection_keys_leave_ids_alone_and_bad_values_are_clear_errors():
     from transferlab.errors import UserError
     plain = parse_study(tomllib.loads(study_text()))
     kfold = parse_study(tomllib.loads(study_text('selection = "kfold"\nfolds = 3')))
-    assert plain.selection == "auto" and plain.folds == 5
+    assert plain.selection == "holdout" and plain.folds == 5
     assert kfold.selection == "kfold" and kfold.folds == 3
     assert [e.id for e in plain.experiments] == [e.id for e in kfold.experiments]
     for bad, words in (('selection = "cv"', ["selection", "auto, holdout, kfold"]),
@@ -196,10 +196,11 @@ def _image_folder(root, per_class: int, test_per_class: int):
 
 
 def test_a_folder_of_120_images_per_class_is_chosen_by_k_fold(cli, workdir):
-    """The default ("auto") cross-validates a small folder: `report --json` shows the k-fold
-    choice on every train + validation image, and the final model is built from it."""
+    """"auto" cross-validates a small folder: `report --json` shows the k-fold choice on every
+    train + validation image, and the final model is built from it."""
     folder = _image_folder(workdir / "photos", 120, 20)
-    cfg = write_config(workdir / "sel.toml", study_text(data=f"imagefolder:{folder}"))
+    cfg = write_config(workdir / "sel.toml",
+                       study_text('selection = "auto"', data=f"imagefolder:{folder}"))
     code, out, err = cli("run", cfg)
     assert code == 0, out + err
     assert "selection: 5-fold cross-validation" in out

@@ -156,7 +156,7 @@ class Study:
     final: FinalSpec | None = None  # [study.final], if the study has a final stage
     budget: str | None = None  # [study] budget or --budget: the whole study's wall-clock time
     notes: list[str] = field(default_factory=list)  # how settings that meet were resolved
-    selection: str = "auto"  # how the final's configuration is chosen: auto | holdout | kfold
+    selection: str = "holdout"  # how the final's configuration is chosen: holdout | auto | kfold
     folds: int = 5  # folds of train + validation under k-fold selection
 
     def use_store(self, path: str | Path) -> None:
@@ -487,7 +487,7 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
 
 def _parse_selection(ctx, st: dict) -> tuple[str, int]:
     """[study] selection and folds: how the final stage's configuration is chosen."""
-    selection, folds = st.get("selection", "auto"), st.get("folds", 5)
+    selection, folds = st.get("selection", "holdout"), st.get("folds", 5)
     if selection not in SELECTIONS:
         raise ctx.fail("[study]", f"selection = {selection!r} is not valid; choose one of "
                        f"{', '.join(SELECTIONS)} (\"auto\": k-fold where the validation split is "
