@@ -20,10 +20,11 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     ("fit", {"train", "probe"}),
     # views read records (and models): the final stage's choice and interval, tables,
     # conclusions, Russian labels, figures, architecture views, TensorBoard curves
-    ("views", {"report", "final", "conclusions", "ru", "figures", "architecture", "tboard"}),
+    ("views", {"report", "final", "selection", "conclusions", "ru", "figures", "architecture",
+               "tboard"}),
     ("parts", {"optim", "evaluate", "features"}),
     ("model", {"models", "net", "baseline"}),
-    ("data", {"data", "augment", "sources"}),
+    ("data", {"data", "augment", "sources", "folds"}),
     ("records", {"config", "record", "store", "regimes"}),
     ("ground", {"hardware", "files", "kernels", "errors", "util", "dist", "durations",
                 "resources", "stats", "__init__"}),

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 from .config import ExperimentSpec, FinalSpec, Study
 from .store import Store
-from . import stats
+from . import selection, stats
 
 FINAL_PREFIX = "final-"
+
+
 def interval95(acc: float, n: int) -> tuple[float, float]:
     """Wilson score interval of a proportion measured on n images (95 %): stats.wilson."""
     return stats.wilson(acc, n)
@@ -35,6 +37,7 @@ class Candidate:
     val_acc: float
     val_loss: float  # inf where an older result did not record it
     val_n: int
+    measure: str = "val"  # "val": the holdout split; "oof": out-of-fold over train + val
 
     def interval(self) -> tuple[float, float]:
         return interval95(self.val_acc, self.val_n)
@@ -42,8 +45,8 @@ class Candidate:
     def text(self) -> str:
         lo, hi = self.interval()
         n = f"n={self.val_n}, 95% CI {lo:.1%}-{hi:.1%}" if self.val_n else "n unknown"
-        loss = f", val loss {self.val_loss:.4f}" if math.isfinite(self.val_loss) else ""
-        return f"{self.name}: val acc {self.val_acc:.2%} ({n}){loss}"
+        loss = f", {self.measure} loss {self.val_loss:.4f}" if math.isfinite(self.val_loss) else ""
+        return f"{self.name}: {self.measure} acc {self.val_acc:.2%} ({n}){loss}"
 
 
 @dataclass(frozen=True)
@@ -52,24 +55,27 @@ class Plan:
     spec: ExperimentSpec | None  # the final experiment (None: nothing to choose yet)
     parent: ExperimentSpec | None
     ranking: tuple[Candidate, ...]  # best first
-    waiting: tuple[str, ...]  # grid experiments not finished yet
+    waiting: tuple[str, ...]  # grid (or fold) experiments not finished yet
     excluded: tuple[str, ...]  # failed or skipped, with why
+    selection: selection.Selection | None = None  # how the choice is made (once the grid is done)
 
     @property
     def reason(self) -> str:
         if self.parent is None:
             return "no grid experiment has finished with a validation accuracy"
         best = self.ranking[0]
-        why = f"best validation accuracy of {len(self.ranking)} grid experiment(s)"
+        what = "out-of-fold" if best.measure == "oof" else "validation"
+        why = f"best {what} accuracy of {len(self.ranking)} grid experiment(s)"
         if len(self.ranking) > 1 and self.ranking[1].val_acc == best.val_acc:
-            why += f" (tied with {self.ranking[1].name}; lower validation loss)"
+            why += f" (tied with {self.ranking[1].name}; lower {what} loss)"
         return f"{why}: {best.text()}"
 
     def info(self) -> dict:
         """What the final experiment's details record about its choice."""
         return {"parent": self.parent.name, "parent_id": self.parent.id, "reason": self.reason,
                 "ranking": [dataclasses.asdict(c) for c in self.ranking],
-                "excluded": list(self.excluded)}
+                "excluded": list(self.excluded),
+                "selection": self.selection.summary() if self.selection else None}
 
 
 def candidates(study: Study, store: Store) -> tuple[list[Candidate], list[str], list[str]]:
@@ -98,11 +104,18 @@ def plan(study: Study, store: Store) -> Plan:
     ranked, waiting, excluded = candidates(study, store)
     if waiting or not ranked or study.final is None:
         return Plan(None, None, tuple(ranked), tuple(waiting), tuple(excluded))
+    sel = selection.resolve(study, store, ranked)
+    if sel.waiting:  # the folds run after the grid, before the final
+        return Plan(None, None, tuple(ranked), tuple(sel.waiting), tuple(excluded), sel)
+    if sel.name == "kfold":
+        ranked = [Candidate(o.name, o.exp_id, o.acc, o.loss, o.n, "oof") for o in sel.ranking()]
     parent = next(e for e in study.experiments if e.id == ranked[0].exp_id)
     extra = (store.result(parent.id) or {}).get("extra") or {}
     chosen = extra.get("chosen_wd", (extra.get("probe") or {}).get("chosen_wd"))  # lp-ft: its probe's
+    if parent.name in sel.oof and sel.oof[parent.name].chosen_wd is not None:
+        chosen = sel.oof[parent.name].chosen_wd  # a probe's weight decay, chosen out of fold
     spec = final_spec(parent, study.final, chosen, study.budget)
-    return Plan(spec, parent, tuple(ranked), (), tuple(excluded))
+    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel)
 
 
 def final_resolution(parent: ExperimentSpec, final: FinalSpec) -> int | None:

@@ -10,6 +10,7 @@ decay, not the epoch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from . import dist, evaluate, optim
 from .config import ExperimentSpec
-from .features import cached_features, probe_views
+from .features import FeatureSet, cached_features, probe_views
 from .net import make_head
 from .record import EpochRow, format_epoch
 
@@ -155,8 +156,13 @@ def _edge(wds: list[float], chosen: float) -> float | None:
     return None
 
 
-def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say):
+def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say,
+          fold: bool = False):
     """Fit a head per weight decay and choose on validation, extending the grid past an edge.
+
+    A cross-validation fold (`fold`) fits the configured grid only, so that every fold tries
+    the same weight decays, and keeps each one's predictions on the held-out fold: the choice
+    is then made on the out-of-fold predictions of all folds together.
 
     Returns (head, its epoch rows, chosen wd, its val acc, sweep rows, added wds)."""
     if len(val_y):
@@ -172,7 +178,7 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
             acc = hist[-1].get("val_acc")
             if best is None or (acc is not None and acc > best[0]):
                 best = (acc if acc is not None else -1.0, wd, head, hist)
-        nxt = _edge([wd for wd, _ in tried], best[1]) if len(val_y) else None
+        nxt = _edge([wd for wd, _ in tried], best[1]) if len(val_y) and not fold else None
         if nxt is None or len(added) >= MAX_EXTENSIONS:
             break
         say(f"  probe weight decay {best[1]:g} is at the edge of the grid: trying {nxt:g}")
@@ -183,6 +189,9 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
     for wd, (_, hist) in tried:
         acc = hist[-1].get("val_acc")
         rows.append({"weight_decay": wd, "val_acc": acc, "added": wd in added})
+        if fold:  # this fold's share of the out-of-fold predictions, per weight decay
+            ev = evaluate.on_features(head_of(tried, wd), val_f, val_y)
+            rows[-1].update(val_loss=ev.loss, predictions=ev.preds.tolist())
         say(f"  probe weight decay {wd:g}: val acc "
             + (f"{acc:.2%}" if acc is not None else "n/a (no validation split)")
             + (" (grid extended)" if wd in added else ""))
@@ -192,7 +201,32 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
     return head, hist, wd, acc, rows, added
 
 
+def head_of(tried: list, wd: float) -> nn.Module:
+    return next(head for w, (head, _) in tried if w == wd)
+
+
 # ------------------------------------------------------------------ the probe of an experiment
+
+def features_for(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics,
+                 views: dict, say) -> FeatureSet:
+    """The cached features of each split and view. A cross-validation fold re-deals the
+    holdout split's cached features by its indices: no image goes through the backbone twice."""
+    pool = splits.pool
+    if pool is None:
+        return cached_features(spec, net, pipe, splits.x, feature_dir, numerics, views, say)
+    parts = [p for p in ("train", "val") if len(pool.parts[p])]
+    both = list(dict.fromkeys(views["train"] + views.get("val", [])))
+    fs = cached_features(dataclasses.replace(spec, data=pool.holdout), net, pipe,
+                         {**{p: pool.parts[p] for p in parts}, "test": splits.x["test"]},
+                         feature_dir, numerics, {**{p: both for p in parts},
+                                                 "test": views["test"]}, say)
+    feats = {("test", v): fs.feats["test", v] for v in views["test"]}
+    for split in ("train", "val"):
+        for v in views.get(split, []):
+            pooled = torch.cat([fs.feats[p, v] for p in parts])
+            feats[split, v] = pooled[pool.index[split]]
+    return FeatureSet(feats, fs.seconds, fs.extracted, fs.mode)
+
 
 def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_epoch, say,
         epochs: int | None = None) -> dict:
@@ -205,7 +239,7 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
         views.pop("val")
     if dist.rank() != 0:  # rank 0 extracts and caches the features; the others read them
         dist.barrier()
-    fs = cached_features(spec, net, pipe, splits.x, feature_dir, numerics, views, say)
+    fs = features_for(spec, net, pipe, splits, feature_dir, numerics, views, say)
     if dist.rank() == 0 and dist.world() > 1:
         dist.barrier()
     if fs.extracted == 0:
@@ -221,7 +255,8 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
     val_y = splits.y["val"]
     t0 = time.perf_counter()
     head, hist, best_wd, _, rows, added = sweep(
-        spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f, val_y, epochs, say)
+        spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f, val_y, epochs,
+        say, fold=splits.pool is not None)
     for row in hist:
         record_epoch(row)
     say(f"  chosen on validation: weight decay {best_wd:g}; its epochs (the last one reported):")
@@ -236,8 +271,9 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
     out = evaluate.scores(ev, ev_plain, splits.num_classes)
     if len(val_y):  # the chosen head on validation, scored as backprop runs are
         val = [fs.feats["val", v] for v in views["val"]]
-        out.update(evaluate.val_scores(evaluate.on_features(net.head, val[:1], val_y),
-                                       evaluate.on_features(net.head, val, val_y)))
+        ev_val = evaluate.on_features(net.head, val, val_y)
+        out.update(evaluate.val_scores(evaluate.on_features(net.head, val[:1], val_y), ev_val),
+                   val_predictions=ev_val.preds.tolist())
     out.update(best_epoch=epochs,
                train_seconds=fs.seconds + time.perf_counter() - t0,
                extra={"fit": "cached features", "probe_sweep": rows, "chosen_wd": best_wd,
