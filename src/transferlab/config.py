@@ -72,6 +72,8 @@ class DataSpec:
     val_fraction: float = 0.1
     cache_size: int = 0  # side of cached images for folders of large photos; 0 = auto
     fingerprint: str = ""  # content key, filled in when the study is resolved
+    folds: int = 0  # a cross-validation fold's view of train + val: how many folds (0 = none)
+    fold: int = -1  # which fold is held out (0 .. folds - 1)
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,8 @@ class Study:
     final: FinalSpec | None = None  # [study.final], if the study has a final stage
     budget: str | None = None  # [study] budget or --budget: the whole study's wall-clock time
     notes: list[str] = field(default_factory=list)  # how settings that meet were resolved
+    selection: str = "holdout"  # how the final's configuration is chosen: holdout | auto | kfold
+    folds: int = 5  # folds of train + validation under k-fold selection
 
     def use_store(self, path: str | Path) -> None:
         """Another store; for a SQLite file, checkpoints and feature caches move beside it (a
@@ -176,6 +180,7 @@ def experiment_id(spec: ExperimentSpec) -> str:
 
 # fields added after ids were first pinned: left out of the hash while unset
 _LATER_FIELDS = {"budget": "", "weights_sha256": ""}
+_LATER_DATA_FIELDS = {"folds": 0, "fold": -1}
 
 
 def _drop_unset(d: dict) -> None:
@@ -183,6 +188,9 @@ def _drop_unset(d: dict) -> None:
     for key, unset in _LATER_FIELDS.items():
         if d.get(key) == unset:
             d.pop(key)
+    for key, unset in _LATER_DATA_FIELDS.items():
+        if d["data"].get(key) == unset:
+            d["data"].pop(key)
 
 
 def legacy_experiment_id(spec: ExperimentSpec) -> str:
@@ -208,7 +216,8 @@ def _spec_hash(d: dict) -> str:
 
 _STUDY_KEYS = {"name": str, "data": str, "subset": int, "val_fraction": float,
                "cache_size": int, "store": str, "runs_dir": str, "tensorboard": str,
-               "budget": str}
+               "budget": str, "selection": str, "folds": int}
+SELECTIONS = ("auto", "holdout", "kfold")
 _CHOICES = {"regime": REGIMES, "schedule": SCHEDULES, "augment": AUGMENTS,
             "precision": PRECISIONS, "normalize": NORMALIZE, "fit": FITS, "init": INITS,
             "optimizer.name": OPTIMIZERS, "head.kind": HEADS}
@@ -467,12 +476,26 @@ def parse_study(raw: dict, file: str = "<config>", data=None, subset=None, epoch
     store = where if is_server_url(where) else \
         base_dir / (where or str(Path(st.get("runs_dir", "runs")) / "transferlab.db"))
     final = _parse_final(ctx, st.get("final"), epochs)
+    selection, folds = _parse_selection(ctx, st)
     budget, notes = _resolve_budget(ctx, budget or st.get("budget"), final, epochs,
                                     from_cli=budget is not None)
     return Study(name, Path(file) if file != "<config>" else None, dspec, experiments,
                  externals, store, runs_dir,
                  tensorboard=base_dir / st["tensorboard"] if st.get("tensorboard") else None,
-                 final=final, budget=budget, notes=notes)
+                 final=final, budget=budget, notes=notes, selection=selection, folds=folds)
+
+
+def _parse_selection(ctx, st: dict) -> tuple[str, int]:
+    """[study] selection and folds: how the final stage's configuration is chosen."""
+    selection, folds = st.get("selection", "holdout"), st.get("folds", 5)
+    if selection not in SELECTIONS:
+        raise ctx.fail("[study]", f"selection = {selection!r} is not valid; choose one of "
+                       f"{', '.join(SELECTIONS)} (\"auto\": k-fold where the validation split is "
+                       "too small to choose on)")
+    if folds < 2:
+        raise ctx.fail("[study]", f"folds = {folds} is not valid: k-fold selection needs at "
+                       "least 2 folds (e.g. folds = 5)")
+    return selection, folds
 
 
 def _resolve_budget(ctx, budget: str | None, final: FinalSpec | None, epochs: int | None,

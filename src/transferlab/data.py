@@ -20,6 +20,7 @@ import tarfile
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class Splits:
     y: dict[str, torch.Tensor]
     description: str
     skipped: list[str] = field(default_factory=list)  # bad images skipped on decode
+    pool: "FoldPool | None" = None  # a cross-validation fold's view: where its images come from
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +59,21 @@ class Splits:
 
     def counts(self) -> dict[str, list[int]]:
         return {s: torch.bincount(y, minlength=self.num_classes).tolist() for s, y in self.y.items()}
+
+
+@dataclass
+class FoldPool:
+    """A fold's train and val are drawn from the pool: the holdout split's train images, then
+    its val images (so features cached for the holdout split serve every fold)."""
+    holdout: DataSpec  # the data spec the pool's two parts were split by
+    parts: dict[str, torch.Tensor]  # "train", "val": the holdout split's images
+    index: dict[str, torch.Tensor]  # "train", "val": this fold's indices into the pool
+    k: int
+    fold: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self.parts.values())
 
 
 # ------------------------------------------------------------------ source parsing
@@ -482,6 +499,8 @@ def stratified_sample(y: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 def make_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
                 max_resolution: int = 0) -> Splits:
+    if spec.folds:
+        return fold_splits(spec, root, skip_bad, max_resolution)
     classes, splits, skipped = decoded(spec, root, skip_bad, max_resolution)
     (xtr, ytr), (xte, yte) = splits["train"], splits["test"]
     ncls = len(classes)
@@ -513,6 +532,24 @@ def make_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
     if skipped:
         log.warning("skipped %d images that could not be decoded", len(skipped))
     return Splits(classes, x, y, desc, skipped)
+
+
+def fold_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
+                max_resolution: int = 0) -> Splits:
+    """Fold `spec.fold` of `spec.folds` over train + val: the held-out fold is the validation
+    split, the other folds train; the test split is the holdout split's, untouched."""
+    from .folds import fold_split
+    holdout = dataclasses.replace(spec, folds=0, fold=-1)
+    base = make_splits(holdout, root, skip_bad, max_resolution)
+    pool_x = torch.cat([base.x["train"], base.x["val"]])
+    pool_y = torch.cat([base.y["train"], base.y["val"]])
+    train_idx, val_idx = fold_split(pool_y, spec.folds, spec.fold)
+    x = {"train": pool_x[train_idx], "val": pool_x[val_idx], "test": base.x["test"]}
+    y = {"train": pool_y[train_idx], "val": pool_y[val_idx], "test": base.y["test"]}
+    pool = FoldPool(holdout, {"train": base.x["train"], "val": base.x["val"]},
+                    {"train": train_idx, "val": val_idx}, spec.folds, spec.fold)
+    desc = f"{base.description}; fold {spec.fold + 1} of {spec.folds} of train + val held out"
+    return Splits(base.classes, x, y, desc, base.skipped, pool)
 
 
 def describe_source(spec: DataSpec) -> str:

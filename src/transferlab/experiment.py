@@ -114,6 +114,8 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     fitted.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=peak.stop(), val_labels=splits.y["val"].tolist() or None,
                   test_labels=splits.y["test"].tolist())
+    if splits.pool is not None:  # a fold: its part of the out-of-fold predictions, by pool index
+        fitted["fold"] = fold_record(splits, fitted.get("val_predictions"))
     result = Result.from_dict(fitted)
     if result.on_features:  # the weight decay actually used is the one validation chose
         details.optimizer["weight_decay"] = result.chosen_wd
@@ -125,6 +127,14 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     say(f"  test accuracy {result.test_acc:.2%}"
         + (f" (validation {result.val_acc:.2%})" if result.val_acc is not None else ""))
     return result
+
+
+def fold_record(splits: Splits, predictions: list[int] | None) -> dict:
+    """Which pool images this fold held out, their labels and the fold's predictions of them."""
+    pool = splits.pool
+    return {"k": pool.k, "fold": pool.fold, "pool_size": pool.size,
+            "held_out": pool.index["val"].tolist(), "labels": splits.y["val"].tolist(),
+            "predictions": predictions}
 
 
 def choose_numerics(spec: ExperimentSpec, net: models.Net, resolution: int, device,
@@ -224,7 +234,11 @@ def _train(ctx: FitContext, splits: Splits, exp_dir: Path, choices: dict[str, Ch
             "gradient passes through them)")
     trainer = Trainer(ctx, choices["train"].numerics, ckpt,
                       eval_numerics=choices["eval"].numerics, budget=budget)
-    fit = trainer.fit(splits.x, splits.y)
+    x, y = splits.x, splits.y
+    if splits.pool is not None:  # a fold keeps its last epoch, as the final will: the held-out
+        x = {**x, "val": x["val"][:0]}  # fold only scores, it chooses nothing
+        y = {**y, "val": y["val"][:0]}
+    fit = trainer.fit(x, y)
     net.load_state_dict(fit.state)
     amp = optim.autocast(choices["eval"].numerics, device)
     batch = eval_batch(spec.batch_size, device)
@@ -232,8 +246,9 @@ def _train(ctx: FitContext, splits: Splits, exp_dir: Path, choices: dict[str, Ch
     ev_plain, ev = evaluate.on_images(net, pipe, x, y, batch, amp, spec.tta)
     out = evaluate.scores(ev, ev_plain, splits.num_classes)
     if len(splits.y["val"]):  # scored as the test split is (and as probes are): like for like
-        out.update(evaluate.val_scores(*evaluate.on_images(
-            net, pipe, splits.x["val"], splits.y["val"], batch, amp, spec.tta)))
+        val_plain, val_ev = evaluate.on_images(net, pipe, splits.x["val"], splits.y["val"],
+                                               batch, amp, spec.tta)
+        out.update(evaluate.val_scores(val_plain, val_ev), val_predictions=val_ev.preds.tolist())
     out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
                extra={"fit": "backprop", "epoch_choice": _epoch_choice(spec, splits),
                       "steps": fit.steps})
@@ -243,6 +258,8 @@ def _train(ctx: FitContext, splits: Splits, exp_dir: Path, choices: dict[str, Ch
 
 
 def _epoch_choice(spec: ExperimentSpec, splits: Splits) -> str:
+    if splits.pool is not None:
+        return "the last epoch (a cross-validation fold: the held-out fold only scores)"
     if not len(splits.y["val"]):
         return "the last epoch (no validation split)"
     views = "with flip TTA" if spec.tta else "without TTA"

@@ -12,7 +12,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from . import stats
+from . import selection, stats
 from .config import ExperimentSpec, FinalSpec, Study
 from .record import BudgetPlan, Description, Result
 from .store import Store
@@ -38,6 +38,7 @@ class Candidate:
     val_acc: float
     val_loss: float  # inf where an older result did not record it
     val_n: int
+    measure: str = "val"  # "val": the holdout split; "oof": out-of-fold over train + val
 
     def interval(self) -> tuple[float, float]:
         return interval95(self.val_acc, self.val_n)
@@ -45,8 +46,8 @@ class Candidate:
     def text(self) -> str:
         lo, hi = self.interval()
         n = f"n={self.val_n}, 95% CI {lo:.1%}-{hi:.1%}" if self.val_n else "n unknown"
-        loss = f", val loss {self.val_loss:.4f}" if math.isfinite(self.val_loss) else ""
-        return f"{self.name}: val acc {self.val_acc:.2%} ({n}){loss}"
+        loss = f", {self.measure} loss {self.val_loss:.4f}" if math.isfinite(self.val_loss) else ""
+        return f"{self.name}: {self.measure} acc {self.val_acc:.2%} ({n}){loss}"
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class Plan:
     spec: ExperimentSpec | None  # the final experiment (None: nothing to choose yet)
     parent: ExperimentSpec | None
     ranking: tuple[Candidate, ...]  # best first
-    waiting: tuple[str, ...]  # grid experiments not finished yet
+    waiting: tuple[str, ...]  # grid (or fold) experiments not finished yet
     excluded: tuple[str, ...]  # failed or skipped, with why
+    selection: selection.Selection | None = None  # how the choice is made (once the grid is done)
     paired: stats.Paired | None = None  # the choice against the runner-up, on validation
 
     @property
@@ -64,9 +66,10 @@ class Plan:
         if self.parent is None:
             return "no grid experiment has finished with a validation accuracy"
         best = self.ranking[0]
-        why = f"best validation accuracy of {len(self.ranking)} grid experiment(s)"
+        what = "out-of-fold" if best.measure == "oof" else "validation"
+        why = f"best {what} accuracy of {len(self.ranking)} grid experiment(s)"
         if len(self.ranking) > 1 and self.ranking[1].val_acc == best.val_acc:
-            why += f" (tied with {self.ranking[1].name}; lower validation loss)"
+            why += f" (tied with {self.ranking[1].name}; lower {what} loss)"
         return f"{why}: {best.text()}" + self.noise()
 
     def noise(self) -> str:
@@ -74,7 +77,7 @@ class Plan:
         if len(self.ranking) < 2:
             return ""
         second, t = self.ranking[1], self.paired
-        if t is None:  # no predictions per image stored: the intervals say it
+        if t is None:  # no predictions of the same images stored: the intervals say it
             return f"; next {second.text()}"
         verdict = "beyond the noise" if t.significant else "inside the noise"
         return (f"; next {second.name}: {verdict} (McNemar on the same {t.n} validation "
@@ -86,6 +89,7 @@ class Plan:
         return {"parent": self.parent.name, "parent_id": self.parent.id, "reason": self.reason,
                 "ranking": [dataclasses.asdict(c) for c in self.ranking],
                 "excluded": list(self.excluded),
+                "selection": self.selection.summary() if self.selection else None,
                 "paired": dataclasses.asdict(self.paired) if self.paired else None}
 
 
@@ -113,10 +117,20 @@ def plan(study: Study, store: Store) -> Plan:
     ranked, waiting, excluded = candidates(study, store)
     if waiting or not ranked or study.final is None:
         return Plan(None, None, tuple(ranked), tuple(waiting), tuple(excluded))
+    sel = selection.resolve(study, store, ranked)
+    if sel.waiting:  # the folds run after the grid, before the final
+        return Plan(None, None, tuple(ranked), tuple(sel.waiting), tuple(excluded), sel)
+    if sel.name == "kfold":
+        ranked = [Candidate(o.name, o.exp_id, o.acc, o.loss, o.n, "oof") for o in sel.ranking()]
     parent = next(e for e in study.experiments if e.id == ranked[0].exp_id)
     res = store.result_record(parent.id)
-    spec = final_spec(parent, study.final, res.chosen_wd if res else None, study.budget)
-    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), runner_up(store, ranked))
+    chosen = res.chosen_wd if res else None  # lp-ft: its probe phase's
+    if parent.name in sel.oof and sel.oof[parent.name].chosen_wd is not None:
+        chosen = sel.oof[parent.name].chosen_wd  # a probe's weight decay, chosen out of fold
+    spec = final_spec(parent, study.final, chosen, study.budget)
+    # the paired test compares the holdout's predictions: a k-fold ranking is out of fold
+    paired = runner_up(store, ranked) if sel.name != "kfold" else None
+    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel, paired)
 
 
 def runner_up(store: Store, ranked: list[Candidate]) -> stats.Paired | None:

@@ -124,10 +124,11 @@ class Result:
     features: FeatureRun | None = None
     steps: int | None = None  # optimizer steps taken
     budget_plan: dict | None = None  # a budgeted final's BudgetPlan (as its dict)
+    fold: dict | None = None  # a cross-validation fold: its held-out pool images and predictions
     unknown: dict = field(default_factory=dict)  # keys another version wrote, kept on copy
 
     FLAT = ("epoch_choice", "val_acc_no_tta", "val_loss", "val_n", "val_predictions",
-            "val_labels", "test_predictions", "test_labels", "steps", "budget_plan")
+            "val_labels", "test_predictions", "test_labels", "steps", "budget_plan", "fold")
     FEATURE_KEYS = {"feature_seconds": "seconds", "features_extracted": "extracted",
                     "feature_extraction": "mode"}
 

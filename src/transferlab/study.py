@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
+from . import final, selection
 from .fit import dist
-from . import final
 from . import plan as planning
 from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, make_splits
@@ -250,11 +250,21 @@ class Runner:
         final_sizes = None
         if self.study.final is not None:
             final_sizes = {k: len(v) for k, v in self.splits(self.final_data()).y.items()}
-        return planning.make(self.study, self.store, specs or self.study.experiments,
+        return planning.make(self.study, self.store, specs or self.grid_and_folds(),
                              {k: len(v) for k, v in splits.y.items()}, final_sizes,
                              splits.image_size, splits.num_classes, self.device,
                              self.clock.grid_seconds() + self.clock.elapsed(), again,
                              say=_noop if quiet else say, data_root=self.data_root)
+
+    def grid_and_folds(self) -> list[ExperimentSpec]:
+        """What the plan costs up front: the grid, and under selection = "kfold" every grid
+        experiment's folds (the final stage needs them all). Under "auto" the folds are
+        decided after the grid, and costed then."""
+        specs = list(self.study.experiments)
+        if self.study.selection == "kfold" and self.study.final is not None:
+            for e in self.study.experiments:
+                specs += selection.fold_specs(e, self.study.folds)
+        return specs
 
     def check_budget(self, again: set = frozenset()) -> None:
         """Under a budget, before anything trains or is reset: the measured plan must leave
@@ -314,8 +324,52 @@ class Runner:
             self._pass([(i, s) for i, s in enumerate(todo) if s.name in held], len(todo), out,
                        retry_failed, quiet=True)
         if self.study.final is not None and self._final_selected(only):
+            self.run_folds(out, retry_failed)
             self.run_final(out, retry_failed, wait)
         return out
+
+    def run_folds(self, out: Outcome, retry_failed: bool = False) -> None:
+        """The cross-validation folds the selection needs, after the grid, before the final."""
+        sel = self.final_plan().selection
+        if sel is None or not sel.waiting:
+            return
+        todo = [s for s in sel.fold_specs if s.name in sel.waiting]
+        say(f"\nselection: {sel.method.folds}-fold cross-validation over train + validation "
+            f"({sel.method.why}): {len(todo)} fold experiment(s) to run")
+        if self.study.budget and self.is_main:
+            todo = self._folds_in_budget(sel, todo)
+        if self.is_main:
+            for spec in todo:
+                self.store.register(spec.id, spec.name, spec.to_dict())
+        for i, spec in enumerate(todo):
+            self._pass([(i, spec)], len(todo), out, retry_failed, quiet=False,
+                       details={"fold": {"k": spec.data.folds, "fold": spec.data.fold}})
+
+    def _folds_in_budget(self, sel: selection.Selection,
+                         todo: list[ExperimentSpec]) -> list[ExperimentSpec]:
+        """Under a time budget the folds must leave the final its minimum. Under "auto" the
+        backprop folds that do not fit end as skipped (the choice falls back to the holdout
+        split, and says so); the cheap probe folds are kept where they fit."""
+        probes = [s for s in todo if s.uses_features]
+        for keep in (todo, probes, []):
+            study_plan = self.plan(list(self.study.experiments) + keep, quiet=True)
+            try:
+                study_plan.check()
+            except UserError as e:
+                if self.study.selection == "kfold":
+                    raise UserError(f"selection = \"kfold\": {e}") from None
+                continue
+            break
+        dropped = [s for s in todo if s not in keep]
+        if dropped:
+            why = (f"the {len(dropped)} fold fit(s) do not fit the time budget "
+                   f"({self.study.budget}) beside the final stage's minimum: the choice falls "
+                   "back to the holdout validation split")
+            say(f"  {why}")
+            for spec in dropped:
+                self.store.register(spec.id, spec.name, spec.to_dict())
+                self.store.set_status(spec.id, "skipped", why)
+        return keep
 
     def final_plan(self) -> final.Plan:
         """Rank 0 reads the store and tells the other ranks what the final stage runs."""
@@ -401,8 +455,8 @@ class Runner:
                     with suppress(ClaimLost):
                         self.store.set_status(spec.id, "pending", "interrupted; rerun to resume")
                 raise
-            finally:
-                self._charge(details is None, reason)
+            finally:  # the folds are the grid's work too: the final gets what is left
+                self._charge(details is None or "fold" in details, reason)
             if reason is None:
                 out.ran.append(spec.name)
             elif isinstance(reason, Skip):

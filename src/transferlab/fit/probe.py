@@ -10,6 +10,7 @@ decay, not the epoch.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import nn
 from . import dist, evaluate, optim
 from ..config import ExperimentSpec
 from .context import FitContext
-from .features import cached_features, probe_views
+from .features import FeatureSet, cached_features, probe_views
 from ..net import make_head
 from ..record import EpochRow, format_epoch
 
@@ -168,8 +169,13 @@ class Sweep:
     added: list[float]  # decays tried beyond the configured grid's edge
 
 
-def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say) -> Sweep:
-    """Fit a head per weight decay and choose on validation, extending the grid past an edge."""
+def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say,
+          fold: bool = False) -> Sweep:
+    """Fit a head per weight decay and choose on validation, extending the grid past an edge.
+
+    A cross-validation fold (`fold`) fits the configured grid only, so that every fold tries
+    the same weight decays, and keeps each one's predictions on the held-out fold: the choice
+    is then made on the out-of-fold predictions of all folds together."""
     if len(val_y):
         wds = list(spec.probe_wd)
     else:  # nothing to choose on: the one weight decay given (a final stage's), else the optimiser's
@@ -183,7 +189,7 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
             acc = hist[-1].get("val_acc")
             if best is None or (acc is not None and acc > best[0]):
                 best = (acc if acc is not None else -1.0, wd, head, hist)
-        nxt = _edge([wd for wd, _ in tried], best[1]) if len(val_y) else None
+        nxt = _edge([wd for wd, _ in tried], best[1]) if len(val_y) and not fold else None
         if nxt is None or len(added) >= MAX_EXTENSIONS:
             break
         say(f"  probe weight decay {best[1]:g} is at the edge of the grid: trying {nxt:g}")
@@ -194,6 +200,9 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
     for wd, (_, hist) in tried:
         acc = hist[-1].get("val_acc")
         rows.append({"weight_decay": wd, "val_acc": acc, "added": wd in added})
+        if fold:  # this fold's share of the out-of-fold predictions, per weight decay
+            ev = evaluate.on_features(head_of(tried, wd), val_f, val_y)
+            rows[-1].update(val_loss=ev.loss, predictions=ev.preds.tolist())
         say(f"  probe weight decay {wd:g}: val acc "
             + (f"{acc:.2%}" if acc is not None else "n/a (no validation split)")
             + (" (grid extended)" if wd in added else ""))
@@ -203,7 +212,32 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
     return Sweep(head, hist, wd, acc if acc >= 0 else None, rows, added)
 
 
+def head_of(tried: list, wd: float) -> nn.Module:
+    return next(head for w, (head, _) in tried if w == wd)
+
+
 # ------------------------------------------------------------------ the probe of an experiment
+
+def features_for(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics,
+                 views: dict, say) -> FeatureSet:
+    """The cached features of each split and view. A cross-validation fold re-deals the
+    holdout split's cached features by its indices: no image goes through the backbone twice."""
+    pool = splits.pool
+    if pool is None:
+        return cached_features(spec, net, pipe, splits.x, feature_dir, numerics, views, say)
+    parts = [p for p in ("train", "val") if len(pool.parts[p])]
+    both = list(dict.fromkeys(views["train"] + views.get("val", [])))
+    fs = cached_features(dataclasses.replace(spec, data=pool.holdout), net, pipe,
+                         {**{p: pool.parts[p] for p in parts}, "test": splits.x["test"]},
+                         feature_dir, numerics, {**{p: both for p in parts},
+                                                 "test": views["test"]}, say)
+    feats = {("test", v): fs.feats["test", v] for v in views["test"]}
+    for split in ("train", "val"):
+        for v in views.get(split, []):
+            pooled = torch.cat([fs.feats[p, v] for p in parts])
+            feats[split, v] = pooled[pool.index[split]]
+    return FeatureSet(feats, fs.seconds, fs.extracted, fs.mode)
+
 
 def fit(ctx: FitContext, splits, feature_dir, numerics, epochs: int | None = None) -> dict:
     """Fit the context's `net.head` on cached features of its `net.backbone`; the scores and
@@ -215,7 +249,7 @@ def fit(ctx: FitContext, splits, feature_dir, numerics, epochs: int | None = Non
         views.pop("val")
     if dist.rank() != 0:  # rank 0 extracts and caches the features; the others read them
         dist.barrier()
-    fs = cached_features(spec, net, pipe, splits.x, feature_dir, numerics, views, say)
+    fs = features_for(spec, net, pipe, splits, feature_dir, numerics, views, say)
     if dist.rank() == 0 and dist.world() > 1:
         dist.barrier()
     if fs.extracted == 0:
@@ -231,7 +265,7 @@ def fit(ctx: FitContext, splits, feature_dir, numerics, epochs: int | None = Non
     val_y = splits.y["val"]
     t0 = time.perf_counter()
     chosen = sweep(spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f,
-                   val_y, epochs, say)
+                   val_y, epochs, say, fold=splits.pool is not None)
     head, hist, best_wd = chosen.head, chosen.history, chosen.weight_decay
     for row in hist:
         ctx.record_epoch(row)
@@ -247,8 +281,9 @@ def fit(ctx: FitContext, splits, feature_dir, numerics, epochs: int | None = Non
     out = evaluate.scores(ev, ev_plain, splits.num_classes)
     if len(val_y):  # the chosen head on validation, scored as backprop runs are
         val = [fs.feats["val", v] for v in views["val"]]
-        out.update(evaluate.val_scores(evaluate.on_features(net.head, val[:1], val_y),
-                                       evaluate.on_features(net.head, val, val_y)))
+        ev_val = evaluate.on_features(net.head, val, val_y)
+        out.update(evaluate.val_scores(evaluate.on_features(net.head, val[:1], val_y), ev_val),
+                   val_predictions=ev_val.preds.tolist())
     out.update(best_epoch=epochs,
                train_seconds=fs.seconds + time.perf_counter() - t0,
                extra={"fit": "cached features", "probe_sweep": chosen.rows, "chosen_wd": best_wd,

@@ -181,6 +181,7 @@ def final_summary(f: dict) -> list[str]:
         f"final model: {f['name']} (the grid's {chosen.get('parent', '?')} trained again on "
         f"all {f.get('train_images') or '?'} training images)",
         f"  chosen because  : {chosen.get('reason', '?')}",
+        *selection_lines(chosen.get("selection")),
         f"  source model    : {f['source_model']}",
         f"  modified layers : {f['modified_layers']}",
         f"  transfer type   : {f['transfer_type']}: {f['regime_description']}",
@@ -194,6 +195,25 @@ def final_summary(f: dict) -> list[str]:
         f"  test accuracy   : {test}; "
         + (f"with flip TTA (without: {fmt.pct(f['test_acc_no_tta'])})" if f["tta"] else "no TTA"),
     ]
+
+
+def selection_lines(sel: dict | None) -> list[str]:
+    """How the choice was made (from `selection.Selection.summary`): the method and why, each
+    candidate's out-of-fold accuracy on all n images, and the paired test of the first two."""
+    if not sel:
+        return []
+    out = [f"  selection       : {sel['why']}"]
+    for c in sel.get("candidates") or []:
+        lo, hi = c["interval95"]
+        wd = f", weight decay {c['chosen_wd']:g}" if c.get("chosen_wd") is not None else ""
+        out.append(f"    {c['name']}: out-of-fold acc {c['oof_acc']:.2%} (n={c['n']}, 95% CI "
+                   f"{lo:.1%}-{hi:.1%}){wd}")
+    p = sel.get("paired")
+    if p:
+        out.append(f"    {p['leader']} vs {p['runner_up']}: right only {p['only_leader']} vs "
+                   f"{p['only_runner_up']} of {p['n']} images, McNemar exact p = "
+                   f"{p['p_value']:.3g}")
+    return out
 
 
 def budget_lines(b: dict | None) -> list[str]:
@@ -215,6 +235,7 @@ def report_json(name: str, store: Store, rows: list[Row], final: dict | None) ->
     return {"study": name, "store": typed_path(store.path), "rows": [r.as_dict() for r in rows],
             "best_on_validation": best.name if best else None, "final": final,
             "budget": (final or {}).get("budget"),
+            "selection": ((final or {}).get("chosen") or {}).get("selection"),
             "answer_test_acc": (final or {}).get("test_acc") if final else
             (best.test_acc if best else None)}
 
