@@ -245,13 +245,15 @@ def test_a_one_minute_study_ends_on_time(tmp_path):
 def _the_views_state_the_budget(tmp: Path, cfg: Path, details: dict, b: dict) -> None:
     """`show`, the Russian final block and the conclusions give the budget's figures."""
     from transferlab.report import conclusions, ru
+    from transferlab.record import Description, Result
     from transferlab.report.tables import Row
     p = run_cli(tmp, "show", details["name"], cfg)
     n = math.ceil(b["planned_steps"] / details["budget_plan"]["steps_per_epoch"])
     assert f"epoch {n:>3}/{n}" in p.stdout and "budget 1m: the grid took" in p.stdout
-    res = {"extra": {"steps": b["actual_steps"]}, "test_acc": 1.0, "test_acc_no_tta": 1.0}
+    res = Result(test_acc=1.0, test_acc_no_tta=1.0, steps=b["actual_steps"])
     row = Row(details["name"], None, "done", "baseline", "scratch", "", None, 1.0, 1.0)
-    block = "\n".join(ru.best_block(row, details, res, {"val": 0, "test": 80}))
+    block = "\n".join(ru.best_block(row, Description.from_dict(details), res,
+                                    {"val": 0, "test": 80}))
     assert "бюджет времени" in block and f"{b['planned_steps']} шагов" in block
     final = {"name": details["name"], "parent": "base", "val_acc": None, "test_acc": 1.0,
              "epochs": b["actual_epochs"], "resolution": 16, "train_size": 96, "budget": b}
