@@ -1,9 +1,9 @@
 """The two CPU fast paths of transferlab against plain PyTorch, side by side in one run.
 
   1. depthwise weight gradient: oneDNN (torch.ops.aten.convolution_backward) vs
-     transferlab.kernels.depthwise_weight_grad, per layer shape of EfficientNet-Lite at 64 px;
+     transferlab.fit.kernels.depthwise_weight_grad, per layer shape of EfficientNet-Lite at 64 px;
   2. one fp32 channels_last training step of a whole model (forward, backward, SGD), with
-     PyTorch's depthwise convolutions vs transferlab.kernels.use_fast_depthwise;
+     PyTorch's depthwise convolutions vs transferlab.fit.kernels.use_fast_depthwise;
   3. frozen-backbone feature extraction: eager vs transferlab's frozen TorchScript trace.
 
 Rounds alternate the two sides of each comparison; the table gives the median.
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
-from transferlab import kernels  # noqa: E402
+from transferlab.fit import kernels  # noqa: E402
 from transferlab.models import _timm_backbone  # noqa: E402
 
 # (channels, kernel, stride, input side): depthwise layers of Lite0 at 64 px

@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     if a.quick:
         a.batch, a.resolution, a.rounds, a.steps = 4, 32, 1, 1
     import torch
-    from transferlab import hardware
+    from transferlab.fit import hardware
     from transferlab.models import _timm_backbone
     from transferlab.util import cpu_name
     torch.set_num_threads(a.threads)

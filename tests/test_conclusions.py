@@ -1,16 +1,14 @@
 """Conclusions drawn from made-up rows and configs: every number comes from the inputs."""
-import math
-
 import pytest
 
-from transferlab.conclusions import (conclusions, confound_section, cost_section,
-                                     final_section, gap_half_width, half_width, interval,
-                                     winner_section, within_noise)
-from transferlab.report import Row
+from transferlab.report.conclusions import (comparison, conclusions, confound_section, cost_section,
+                                     final_section, paired_test, winner_section)
+from transferlab.record import Result
+from transferlab.report.tables import Row
 
 
-def row(name, model, regime, val, test, seconds, status="done"):
-    return Row(name, f"id-{name}", status, model, regime, "", val, test, seconds)
+def row(name, model, regime, val, test, seconds, status="done", result=None):
+    return Row(name, f"id-{name}", status, model, regime, "", val, test, seconds, result=result)
 
 
 def cfg(resolution, opt, lr, epochs, batch=64, augment="crop_flip"):
@@ -29,23 +27,59 @@ CONFIGS = {"lite0-linear": cfg(112, "adamw", 1e-3, 30, batch=256, augment="flip"
            "base": cfg(32, "sgd", 0.1, 10, batch=256)}
 
 
-def test_normal_approximation_of_a_proportion():
-    assert half_width(0.5, 100) == pytest.approx(1.96 * 0.05)
-    assert interval(0.9, 400) == pytest.approx((0.9 - 1.96 * 0.015, 0.9 + 1.96 * 0.015))
-    assert gap_half_width(0.8, 800, 0.7, 800) == pytest.approx(
-        1.96 * math.sqrt(0.8 * 0.2 / 800 + 0.7 * 0.3 / 800))
-    assert within_noise(0.79, 800, 0.78, 800) and not within_noise(0.79, 800, 0.60, 800)
-    assert math.isnan(half_width(0.5, 0))
+def predicted(right: list[bool], split="val") -> Result:
+    """A result whose predictions on 20 images (all of class 0) are right where `right` says."""
+    labels = [0] * len(right)
+    preds = [0 if ok else 1 for ok in right]
+    return Result(test_acc=0.5, **{f"{split}_predictions": preds, f"{split}_labels": labels})
+
+
+def test_intervals_are_wilson_by_hand():
+    text = "\n".join(winner_section(ROWS, {"val": 800, "test": 1600}))
+    # Wilson, z = 1.96: 0.79 on 800 -> centre 0.7886, half-width 0.0282 -> 76.0-81.7 %
+    assert "79.00 % (95 % ДИ 76.0–81.7 %, n = 800)" in text
+    assert "78.50 % (95 % ДИ 76.4–80.4 %, n = 1600)" in text
+    assert "±" not in text and "полуширина" not in text
+
+
+def test_paired_test_decides_inside_the_noise_from_stored_predictions():
+    # 20 validation images: 12 both right, 6 only the winner, 1 only the runner-up, 1 neither
+    a = predicted([True] * 12 + [True] * 6 + [False] + [False])
+    b = predicted([True] * 12 + [False] * 6 + [True] + [False])
+    best, second = row("a", "m", "full", 0.90, None, 1.0, result=a), \
+        row("b", "m", "linear", 0.65, None, 1.0, result=b)
+    t = paired_test(best, second, "val")
+    assert (t.n, t.only_a, t.only_b) == (20, 6, 1) and t.p == pytest.approx(0.125)  # 2 * 8/128
+    text, inside = comparison(best, second, "val", 20, 20)
+    assert inside and text.startswith("+25.00 п.п., в пределах шума (тест Макнемара")
+    assert "верно только у первой 6, только у второй 1, p = 0.125" in text
+    # 10 to 0: p = 2 / 2^10, beyond the noise although both intervals overlap
+    a = predicted([True] * 10 + [True] * 10)
+    b = predicted([True] * 10 + [False] * 10)
+    text, inside = comparison(row("a", "m", "full", 1.0, None, 1.0, result=a),
+                              row("b", "m", "full", 0.5, None, 1.0, result=b), "val", 20, 20)
+    assert not inside and "больше шума" in text and "p = 0.00195" in text
+    lines = winner_section([best, second], {"val": 20, "test": 0})
+    assert any("не различимы" in line for line in lines)
+
+
+def test_other_images_or_no_predictions_state_the_intervals():
+    a = predicted([True] * 20)
+    b = Result(test_acc=0.5, val_predictions=[0] * 10, val_labels=[1] * 10)  # other images
+    assert paired_test(row("a", "m", "full", 1.0, None, 1.0, result=a),
+                       row("b", "m", "full", 0.0, None, 1.0, result=b), "val") is None
+    text, inside = comparison(ROWS[1], ROWS[2], "val", 800, 800)  # no predictions stored
+    assert inside and "интервалы перекрываются" in text and "парный тест невозможен" in text
+    assert "76.0–81.7 %" in text and "75.0–80.7 %" in text
+    text, inside = comparison(ROWS[1], ROWS[3], "test", 1600, 1600)
+    assert not inside and "интервалы не перекрываются" in text
 
 
 def test_winner_gap_and_noise_come_from_the_rows_and_sizes():
     text = "\n".join(winner_section(ROWS, {"val": 800, "test": 1600}))
     assert "Победитель по валидации — `lite0-full`" in text
     assert "79.00 %" in text and "78.50 %" in text and "n = 800" in text and "n = 1600" in text
-    lo, hi = interval(0.79, 800)
-    assert f"{lo * 100:.1f}–{hi * 100:.1f} %" in text
     assert "Второе место по валидации — `lite1-full`" in text
-    assert f"±{gap_half_width(0.79, 800, 0.78, 800) * 100:.2f} п.п." in text
     assert "+1.00 п.п., в пределах шума" in text and "не различимы" in text
     # the best test belongs to another model: said, and that choosing by it is not allowed
     assert "Лучший тест среди всех экспериментов — у `lite1-full`: 80.00 %" in text
@@ -99,8 +133,9 @@ def test_final_stage_hook():
     assert "`lite0-full` (выбрана по валидации) обучена заново как `final`" in text
     assert "эпох 3 (в сетке 5)" in text and "96 px (в сетке 64 px)" in text
     assert "обучающих изображений 50000 (в сетке 7200)" in text
-    assert "88.50 %" in text and "n = 10000" in text and "против 78.50 % у `lite0-full`" in text
-    assert f"+10.00 п.п., больше шума (95 % полуширина разницы ±{gap_half_width(0.885, 10000, 0.785, 10000) * 100:.2f}" in text
+    assert "88.50 % (95 % ДИ 87.9–89.1 %, n = 10000)" in text
+    assert "против 78.50 % у `lite0-full`" in text
+    assert "+10.00 п.п., больше шума: интервалы не перекрываются (95 % ДИ 87.9–89.1 % и 77.7–79.3 %" in text
     assert "Без flip TTA: 88.00 %" in text and "валидационная выборка вошла" in text.lower()
     assert "900 с" in text
     final["val_acc"] = 0.9

@@ -364,7 +364,7 @@ def test_a_resumed_gpu_run_continues_the_cuda_generator(tmp_path, monkeypatch, c
     run draws the masks the uninterrupted one would have."""
     from test_reliability import GRADUAL
     from transferlab.store import Store
-    from transferlab.train import Trainer
+    from transferlab.fit.train import Trainer
     quick_config(tmp_path / "g.toml", name="grad", data="synthetic:8", epochs=3, body=GRADUAL)
     saved, resumed = {}, {}
     real_save, real_resume, real_add = Trainer._save, Trainer._resume, Store.add_epoch

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from transferlab import ru, util
+from transferlab.report import ru
+from transferlab import util
 
 needs_git = pytest.mark.skipif(shutil.which("git") is None, reason="git not installed")
 

@@ -83,7 +83,7 @@ def test_torchvision_model_without_weights_is_a_clear_error(monkeypatch):
 def test_report_shows_a_model_without_its_weights_as_a_structure(monkeypatch):
     """The notebook's architecture section draws every source model; a hub model offline is
     built with random weights and says so, instead of failing the whole report."""
-    from transferlab import architecture
+    from transferlab.report import architecture
     monkeypatch.setattr(models, "reachable", lambda host: False)
     monkeypatch.setattr(models, "_hf_cached_file", lambda name: None)
     spec = ExperimentSpec(name="mnv3-linear", model="mobilenetv3_large_100", regime="linear")

@@ -10,12 +10,12 @@ import torch
 from torch import nn
 
 from conftest import write_config
-from transferlab import kernels
-from transferlab.augment import Pipeline
+from transferlab.fit import kernels
+from transferlab.fit.augment import Pipeline
 from transferlab.config import load_study, parse_study
 from transferlab.data import fingerprint
-from transferlab.features import Extractor
-from transferlab.probe import fit_head, fit_heads
+from transferlab.fit.features import Extractor
+from transferlab.fit.probe import fit_head, fit_heads
 from transferlab.store import Store
 
 
@@ -151,7 +151,7 @@ def test_a_frozen_layer_that_a_gradient_must_cross_stays_fp32():
 
 
 def test_frozen_bf16_is_a_training_candidate_only_where_bf16_is_native():
-    from transferlab import hardware
+    from transferlab.fit import hardware
     assert hardware.FROZEN_BF16 in hardware.cpu_candidates("auto", "train", True)
     assert hardware.FROZEN_BF16 not in hardware.cpu_candidates("auto", "train", False)
     assert hardware.FROZEN_BF16 not in hardware.cpu_candidates("fp32", "train", True)
@@ -247,7 +247,7 @@ def test_mlp_heads_are_fitted_one_at_a_time():
 
 def _fast_paths_win(monkeypatch):
     """Whether a fast path pays is measured on the machine; pin the measurement's outcome."""
-    from transferlab import hardware
+    from transferlab.fit import hardware
     monkeypatch.setattr(hardware, "measure", lambda module, kind, cands, *a, **k: {
         c.name: (200.0 if c.fast_path else 100.0) for c in cands})
 

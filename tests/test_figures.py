@@ -7,8 +7,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from transferlab import figures  # noqa: E402
-from transferlab.report import Row  # noqa: E402
+from transferlab.report import figures  # noqa: E402
+from transferlab.report.tables import Row  # noqa: E402
 
 LONG_MODELS = [
     ("timm:efficientnet_lite0", "linear"), ("efficientnet_lite2", "last:2"),

@@ -165,7 +165,7 @@ def test_backprop_epochs_are_chosen_on_validation_scored_like_the_ranking(cli, w
                                                                          monkeypatch):
     """Each epoch's validation accuracy (which picks the epoch) is scored with the views the
     ranking and the test use: flip TTA when tta = true."""
-    from transferlab import evaluate
+    from transferlab.fit import evaluate
     cfg = write_config(workdir / "tta.toml", """
         [study]
         name = "tta"

@@ -20,15 +20,16 @@ import pytest
 import torch
 
 from transferlab import models, regimes
-from transferlab.augment import Pipeline
+from transferlab.fit.augment import Pipeline
+from transferlab.fit.context import FitContext
 from transferlab.config import load_study
-from transferlab.features import cached_features, probe_views
-from transferlab.probe import fit_heads, fold_standardisation, standardisation
-from transferlab.hardware import FP32
+from transferlab.fit.features import cached_features, probe_views
+from transferlab.fit.probe import fit_heads, fold_standardisation, standardisation
+from transferlab.fit.hardware import FP32
 from transferlab.models import make_head
-from transferlab.evaluate import on_images
+from transferlab.fit.evaluate import on_images
 from transferlab.resources import shipped_configs
-from transferlab.train import Shards, Trainer
+from transferlab.fit.train import Shards, Trainer
 
 GPU_CONFIGS = ("cifar10.toml", "cifar10-t4.toml")
 CONFIGS = shipped_configs()  # the package's own, by name
@@ -114,8 +115,7 @@ def _backprop_step(spec, tmp: Path) -> Outcome:
     if hasattr(net.backbone, "data_init"):  # as experiment._train does (the baseline's whitening)
         net.backbone.data_init(pipe.eval(x).float())
     params, buffers = _snapshot(net)
-    trainer = Trainer(net, spec, pipe, CPU, FP32, tmp / "checkpoint.pt", lambda row: None,
-                      lambda line: None)
+    trainer = Trainer(FitContext(spec, net, pipe, CPU), FP32, tmp / "checkpoint.pt")
     shards = Shards.plan(len(x), spec.batch_size, 1)
     trainer.total = shards.steps * spec.epochs
     loss_sum, _, seen = trainer._train_epoch(x, y, 0, shards, 1, 0)

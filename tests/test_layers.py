@@ -14,22 +14,23 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 
 LAYERS = [  # top first; a module may import from its own layer or any layer below
-    ("face", {"__main__", "cli", "notebook", "predict", "export"}),
+    ("face", {"__main__", "cli", "report.notebook", "report.view", "predict", "export"}),
     ("study", {"study", "plan", "trained"}),
     ("experiment", {"experiment"}),
-    ("fit", {"train", "probe"}),
+    ("fit", {"fit.train", "fit.probe", "fit.context"}),
     # views read records (and models): the final stage's choice and interval, tables,
     # conclusions, Russian labels, figures, architecture views, TensorBoard curves
-    ("views", {"report", "final", "selection", "conclusions", "ru", "figures", "architecture",
-               "tboard"}),
-    ("parts", {"optim", "evaluate", "features"}),
+    ("views", {"report.tables", "final", "selection", "report.conclusions", "report.ru",
+               "report.figures", "report.architecture", "tboard"}),
+    ("parts", {"fit.optim", "fit.evaluate", "fit.features"}),
     ("model", {"models", "net", "baseline"}),
-    ("data", {"data", "augment", "sources", "folds"}),
+    ("data", {"data", "fit.augment", "sources", "folds"}),
     ("records", {"config", "record", "store", "regimes"}),
-    ("ground", {"hardware", "files", "kernels", "errors", "util", "dist", "durations",
-                "resources", "stats", "__init__"}),
+    ("ground", {"fit.hardware", "files", "fit.kernels", "errors", "util", "fit.dist",
+                "durations", "resources", "stats", "fmt", "places", "__init__", "fit", "report"}),
 ]
-SIBLINGS = [{"train", "probe"}]  # same layer, but neither may import the other
+SIBLINGS = [{"fit.train", "fit.probe"}]  # same layer, but neither may import the other
+FOLDERS = {"fit": "fitting machinery", "report": "presentation"}  # the subpackages
 
 
 def rank(module: str) -> int:
@@ -40,28 +41,54 @@ def rank(module: str) -> int:
                          "LAYERS (and to the module table of design.md)")
 
 
-def imports_of(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    """'fit.train' for fit/train.py, 'fit' for fit/__init__.py, 'cli' for cli.py."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _resolve(dotted: list[str], names: list[str], known: set[str]) -> set[str]:
+    """The package modules `from <dotted> import <names>` reaches."""
+    base = ".".join(dotted)
+    out = set()
+    for n in names:
+        full = f"{base}.{n}" if base else n
+        out.add(full if full in known else base)
+    return {m for m in out if m}
+
+
+def imports_of(path: Path, known: set[str] | None = None) -> set[str]:
     """Package modules that `path` imports, anywhere in the file (lazy imports included)."""
+    known = known if known is not None else {module_name(p) for p in PACKAGE.rglob("*.py")}
+    me = module_name(path) if path.is_relative_to(PACKAGE) else path.stem
+    package = me.split(".")[:-1] if path.name != "__init__.py" else me.split(".")
+    if not path.is_relative_to(PACKAGE):
+        package = []
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:  # from .x import y
-                out.add(node.module.split(".")[0])
-            elif node.level == 1:  # from . import x, y
-                out.update(a.name for a in node.names)
+            names = [a.name for a in node.names]
+            if node.level:
+                up = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                dotted = up + (node.module.split(".") if node.module else [])
             elif node.module and node.module.split(".")[0] == "transferlab":
-                parts = node.module.split(".")
-                out.update([parts[1]] if len(parts) > 1 else [a.name for a in node.names])
+                dotted = node.module.split(".")[1:]
+            else:
+                continue
+            out |= _resolve(dotted, names, known) if dotted or names else set()
         elif isinstance(node, ast.Import):
             for a in node.names:
                 parts = a.name.split(".")
                 if parts[0] == "transferlab" and len(parts) > 1:
-                    out.add(parts[1])
-    return out - {path.stem}
+                    out.add(".".join(parts[1:]))
+    return out - {me}
 
 
 def graph() -> dict[str, set[str]]:
-    return {p.stem: imports_of(p) for p in sorted(PACKAGE.glob("*.py"))}
+    known = {module_name(p) for p in PACKAGE.rglob("*.py")}
+    return {module_name(p): imports_of(p, known) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
@@ -117,10 +144,43 @@ def test_siblings_do_not_import_each_other():
 def test_the_checks_see_lazy_and_absolute_imports(tmp_path, source, problem):
     f = tmp_path / "config.py"
     f.write_text(source)
-    deps = imports_of(f)
+    deps = imports_of(f, {module_name(p) for p in PACKAGE.rglob("*.py")})
     assert any(rank(d) > rank("config") for d in deps), (problem, deps)
 
 
 def test_a_cycle_is_found_and_named():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_config_does_not_import_the_store():
+    """Specs and ids are records below the store: config tells a server URL from a file
+    through places.py, not by importing the store."""
+    assert "store" not in graph()["config"]
+
+
+def test_no_ticket_numbers_in_the_code_or_the_notebook():
+    """Comments and cells say why, not which ticket asked for it."""
+    import re
+    files = sorted(PACKAGE.rglob("*.py")) + sorted(PACKAGE.rglob("*.ipynb"))
+    bad = [f"{p.relative_to(PACKAGE)}: {m.group(0)}" for p in files
+           for m in re.finditer(r"\b(issue|ticket)s? *#? *\d+", p.read_text(), re.IGNORECASE)]
+    assert not bad, bad
+
+
+def test_the_folders_show_the_layers():
+    """Fitting machinery in fit/, presentation in report/; fit/ imports nothing of report/,
+    the study or the face, and nothing at the top imports report/ except the face and the
+    study layer's readers."""
+    g = graph()
+    for folder in FOLDERS:
+        assert (PACKAGE / folder / "__init__.py").is_file()
+    fit = {m for m in g if m.startswith("fit.")}
+    assert {"fit.train", "fit.probe", "fit.evaluate", "fit.features", "fit.optim",
+            "fit.hardware", "fit.kernels", "fit.dist"} <= fit
+    assert {"report.tables", "report.figures", "report.conclusions", "report.ru",
+            "report.notebook", "report.architecture", "report.view"} <= set(g)
+    for m in fit:
+        bad = {d for d in g[m] if d.startswith("report") or d in ("study", "plan", "experiment",
+                                                                   "cli", "final")}
+        assert not bad, (m, bad)

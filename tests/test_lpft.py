@@ -8,11 +8,12 @@ import shutil
 import pytest
 import torch
 
-from transferlab import probe, regimes
+from transferlab.fit import probe
+from transferlab import regimes
 from transferlab.config import parse_study
 from transferlab.errors import UserError
 from transferlab.store import Store
-from transferlab.train import Trainer
+from transferlab.fit.train import Trainer
 
 from test_reliability import _state, by_name, main_in, q
 
@@ -64,9 +65,9 @@ def test_lp_ft_end_to_end_fine_tunes_from_the_probed_head(tmp_path, monkeypatch,
     seen = {}
     real_probe, real_fit = probe.fit, Trainer.fit
 
-    def spy_probe(spec, net, *a, **k):
-        out = real_probe(spec, net, *a, **k)
-        seen["probed"] = {k: v.clone() for k, v in net.head.state_dict().items()}
+    def spy_probe(ctx, *a, **k):
+        out = real_probe(ctx, *a, **k)
+        seen["probed"] = {k: v.clone() for k, v in ctx.net.head.state_dict().items()}
         return out
 
     def spy_fit(self, x, y):
@@ -88,8 +89,8 @@ def test_lp_ft_end_to_end_fine_tunes_from_the_probed_head(tmp_path, monkeypatch,
     store = Store(db, create=False)
     exp_id = by_name(db)["lpft"]["id"]
     res = store.result_record(exp_id)
-    assert res.extra["fit"] == "backprop" and res.extra["probe"]["chosen_wd"] is not None
-    assert res.extra["probe"]["epoch_choice"].startswith("the last epoch") and res.best_epoch in (3, 4)
+    assert res.fit == "backprop" and res.chosen_wd is not None  # the probe phase's choice
+    assert res.probe.epoch_choice.startswith("the last epoch") and res.best_epoch in (3, 4)
     assert "linear probe first" in out and "then backprop through the network" in out
     assert "phases         : probe: head for 2 epoch(s) on cached features; then all:" in out
     store.close()

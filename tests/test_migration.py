@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from transferlab import record, store as store_mod
-from transferlab.report import format_details, study_rows
+from transferlab.report.tables import format_details, study_rows
 from transferlab.store import Store
 
 OLD = Path(__file__).resolve().parent / "data" / "store-main-40e65b1.db"
@@ -88,7 +88,25 @@ def test_old_descriptions_and_tables_read_as_before(old_store):
 def test_upgraded_store_takes_new_work(old_store):
     st = Store(old_store, create=False)
     st.register("new0000000000000", "new", {"model": "baseline"})
-    st.finish("new0000000000000", {"test_acc": 0.5, "val_acc": 0.25, "extra": {"k": 1}}, {})
-    assert st.result_record("new0000000000000").extra == {"k": 1}
+    st.finish("new0000000000000", record.Result(test_acc=0.5, val_acc=0.5, fit=record.BACKPROP,
+                                                 val_predictions=[1, 0], val_labels=[1, 1]), {})
+    new = st.result_record("new0000000000000")
+    assert (new.fit, new.val_predictions, new.val_labels) == ("backprop", [1, 0], [1, 1])
+    st.register("new0000000000001", "newer", {"model": "baseline"})
+    st.finish("new0000000000001", {"test_acc": 0.5, "extra": {"k": 1}}, {})  # another version's
+    assert st.result_record("new0000000000001").unknown == {"k": 1}  # key, kept as it was
     assert st.result_record(MAIN_ROWS["base"][0]).test_acc == 1.0
+    st.close()
+
+
+def test_old_results_without_predictions_state_intervals_not_a_paired_test(old_store):
+    """Results written before validation predictions were kept: the conclusions compare them
+    by their Wilson intervals and say why no paired test was made."""
+    from transferlab.report.conclusions import comparison
+    st = Store(old_store, create=False)
+    study = st.study("tiny")
+    rows = [r for r in study_rows(st, study["members"], study["externals"]) if r.val_acc is not None]
+    assert all(r.result is not None and r.result.val_predictions is None for r in rows)
+    text, _ = comparison(rows[0], rows[1], "val", 10, 10)
+    assert "парный тест невозможен" in text and "95 % ДИ" in text
     st.close()

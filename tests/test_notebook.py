@@ -9,7 +9,7 @@ import browser
 import nbformat
 import pytest
 
-from transferlab import notebook
+from transferlab.report import notebook
 from transferlab.cli import main
 from transferlab.config import load_study
 from transferlab.data import fingerprint
@@ -90,7 +90,8 @@ def test_html_describes_every_experiment(report):
     assert re.search(r"optimiser      : sgd \(lr=0\.02, weight_decay=.*momentum=0\.9", text)
     assert re.search(r"optimiser      : sgd \(lr=0\.1, ", text)
     # the grid's experiments and the final stage's one
-    assert len(re.findall(r"  test accuracy  : \d+\.\d\d%", text)) == len(study.experiments) + 1
+    assert len(re.findall(r"  test accuracy  : \d+\.\d\d % \(95 % CI ", text)) == \
+        len(study.experiments) + 1
     assert "epoch   1/1" in text
 
 
@@ -121,10 +122,15 @@ def test_html_best_model_section(report):
     assert re.search(r"эпохи\s+: 1; (по валидации выбрана эпоха 1|проба сообщает последнюю)", block)
     assert re.search(r"размер батча\s+: 32\n", block)
     assert re.search(r"расписание LR\s+: косинусное, разогрев 0 эп\.", block)
-    assert re.search(r"точность \(валидация\)\s+: \d+\.\d\d % ± \d+\.\d\d \(n = 24\)", block)
+    val = re.search(r"точность \(валидация\)\s+: (\d+\.\d\d % \(95 % ДИ [\d.]+–[\d.]+ %, n = 24\))",
+                    block)
     # the smoke study scores without TTA; with it, the block gives the figure without as well
-    assert re.search(r"точность \(тест\)\s+: \d+\.\d\d % ± \d+\.\d\d \(n = 80\), без flip TTA",
-                     block)
+    assert re.search(r"точность \(тест\)\s+: \d+\.\d\d % \(95 % ДИ [\d.]+–[\d.]+ %, n = 80\), "
+                     r"без flip TTA", block)
+    assert val and "±" not in text
+    # one interval method: the results table and the conclusions give that figure the same one
+    results = text[text.index("4. Результаты"):text.index("5. Лучшая модель")]
+    assert val.group(1) in results and val.group(1) in text[text.index("7. Выводы"):]
     assert "best model (chosen" not in text  # the notebook's block is Russian, the CLI's English
 
 
@@ -200,7 +206,7 @@ def test_baseline_is_the_practical_1_stand_in_with_the_external_example(report):
     text = report["plain"]
     assert "встроенная замена результата первой практической работы" in text
     assert "[[external]]" in text and "test_acc = 0.78" in text
-    assert "внешний результат: reference, тест 50.00%" in text
+    assert "внешний результат: reference, тест 50.00 %" in text
 
 
 def test_code_shown_entries_resolve_and_a_missing_one_degrades():
@@ -209,12 +215,12 @@ def test_code_shown_entries_resolve_and_a_missing_one_degrades():
         src, _ = notebook.code_source(module, qualname)
         assert f"def {qualname.split('.')[-1]}(" in src or f"class {qualname.split('.')[-1]}" in src
         assert f"{module}.{qualname}" in page
-    gone = [("transferlab.train", "no_such_function"), ("transferlab.no_such_module", "f")]
+    gone = [("transferlab.fit.train", "no_such_function"), ("transferlab.no_such_module", "f")]
     for entry in gone:
         with pytest.raises((AttributeError, ImportError)):
             notebook.code_html([entry], strict=True)
-    page = notebook.code_html(gone + [("transferlab.optim", "lr_factor")])
-    assert page.count("Не удалось показать") == 2 and "transferlab.train.no_such_function" in page
+    page = notebook.code_html(gone + [("transferlab.fit.optim", "lr_factor")])
+    assert page.count("Не удалось показать") == 2 and "transferlab.fit.train.no_such_function" in page
     assert "lr_factor" in page
 
 
@@ -243,3 +249,31 @@ def test_final_model_block_and_its_conclusions(report):
         assert f"  {label}" in block[:3000], label
     assert "лучшая точность на валидации среди" in block[:3000]
     assert "Финальная стадия." in text and "обучена заново как" in text
+
+
+def test_template_is_a_thin_view():
+    """Each code cell of the template is a call and a display: no store query, no JSON."""
+    nb = nbformat.read(notebook_template(), as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert sum(len(src.splitlines()) for src in code) <= 120
+    for src in code:
+        for banned in ("db.get(", "json.loads", ".result(", ".epochs(", "store.", "import json"):
+            assert banned not in src, (banned, src)
+    body = [c for c in nb.cells if c.cell_type == "code"
+            and not {"install", "parameters"} & set(c.metadata.get("tags", []))]
+    assert all(len(c.source.splitlines()) <= 2 or "StudyView.open" in c.source for c in body)
+    assert not re.search(r"(?i)\bissue \d+", "".join(c.source for c in nb.cells))
+
+
+def test_report_names_no_folder_of_this_machine(report):
+    """The parameters cell and every output give paths as the user typed them, relative to
+    the working folder: the store, the chart, the data cache."""
+    nb = nbformat.read(report["work"] / "out" / "notebook-smoke.ipynb", as_version=4)
+    params = next(c.source for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert "workdir = '.'" in params and "out_dir = 'out'" in params
+    assert "data_root = 'data'" in params
+    text = report["text"]
+    work = str(report["work"])
+    assert work not in text.replace(str(CONFIG.resolve()), "")  # only the config as it was given
+    assert "хранилище    : store.db" in text
+    assert "диаграмма сохранена: out/notebook-smoke-accuracy.png и .svg" in text

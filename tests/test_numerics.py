@@ -10,12 +10,14 @@ import torch
 from torch import nn
 
 from conftest import write_config
-from transferlab import hardware, models
-from transferlab.augment import Pipeline
+from transferlab.fit import hardware
+from transferlab import models
+from transferlab.fit.augment import Pipeline
+from transferlab.fit.context import FitContext
 from transferlab.config import load_study, parse_study
 from transferlab.data import fingerprint, make_splits
 from transferlab.store import Store
-from transferlab.train import Trainer
+from transferlab.fit.train import Trainer
 
 # the Zen 4 EPYC (avx512_bf16) of issue 9, Lite0 64 px: bf16 infers 2.4x faster, trains 2x slower
 ZEN4 = {"train": {"fp32": 209.0, "fp32 + depthwise kernel": 205.0, "bf16 autocast": 107.0},
@@ -157,8 +159,8 @@ def _fp16_trainer(tmp_path, on_epoch):
     torch.manual_seed(0)
     net = models.build(spec, splits.num_classes)
     pipe = Pipeline(net.info.mean, net.info.std, 32, spec.augment, torch.device("cpu"))
-    return Trainer(net, spec, pipe, torch.device("cpu"), hardware.FP16_SCALED,
-                   tmp_path / "ck.pt", on_epoch, lambda s: None), splits
+    ctx = FitContext(spec, net, pipe, torch.device("cpu"), record_epoch=on_epoch)
+    return Trainer(ctx, hardware.FP16_SCALED, tmp_path / "ck.pt"), splits
 
 
 class _Killed(Exception):

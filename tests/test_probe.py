@@ -3,7 +3,7 @@ beyond that edge, at most twice) and says so; the probe reports its last epoch."
 import pytest
 import torch
 
-from transferlab import probe
+from transferlab.fit import probe
 from transferlab.config import parse_study
 
 
@@ -32,7 +32,8 @@ def fake_fits(monkeypatch):
 
 def _sweep(spec, lines):
     val_y = torch.zeros(4, dtype=torch.long)
-    return probe.sweep(spec, 2, 2, None, None, [], val_y, spec.epochs, lines.append)
+    out = probe.sweep(spec, 2, 2, None, None, [], val_y, spec.epochs, lines.append)
+    return out.head, out.history, out.weight_decay, out.val_acc, out.rows, out.added
 
 
 def test_interior_choice_keeps_the_grid(fake_fits):
@@ -82,7 +83,8 @@ def test_without_validation_nothing_is_swept(fake_fits):
     calls = fake_fits(lambda wd: None)
     spec = _spec([0.0, 1e-2])
     out = probe.sweep(spec, 2, 2, None, None, [], torch.zeros(0, dtype=torch.long), 3, print)
-    assert out[2] == spec.optimizer.weight_decay and out[5] == [] and len(calls) == 1
+    assert out.weight_decay == spec.optimizer.weight_decay and out.added == [] and len(calls) == 1
+    assert out.val_acc is None  # nothing to score it on
 
 
 def test_the_probe_reports_its_last_epoch():
@@ -94,7 +96,7 @@ def test_the_probe_reports_its_last_epoch():
     head, hist = probe.fit_head(spec, 6, 3, f, y, vf, vy, 0.0)
     assert [r["epoch"] for r in hist] == [1, 2, 3]
     # the returned head is the last epoch's: its validation accuracy is the last row's
-    from transferlab import evaluate
+    from transferlab.fit import evaluate
     assert evaluate.on_features(head, vf, vy).acc == hist[-1]["val_acc"]
 
 
@@ -103,7 +105,7 @@ def test_without_validation_a_single_given_decay_is_used(fake_fits):
     fake_fits(lambda wd: None)
     spec = _spec([0.03])
     out = probe.sweep(spec, 2, 2, None, None, [], torch.zeros(0, dtype=torch.long), 3, print)
-    assert out[2] == 0.03 != spec.optimizer.weight_decay
+    assert out.weight_decay == 0.03 != spec.optimizer.weight_decay
 
 
 def test_final_stage_of_lp_ft_keeps_its_probes_decay():

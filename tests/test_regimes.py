@@ -2,12 +2,14 @@
 import pytest
 import torch
 
-from transferlab import models, optim, regimes
-from transferlab.augment import Pipeline
+from transferlab import models, regimes
+from transferlab.fit import optim
+from transferlab.fit.augment import Pipeline
+from transferlab.fit.context import FitContext
 from transferlab.config import parse_study
 from transferlab.data import make_splits
-from transferlab.hardware import FP32
-from transferlab.train import Trainer
+from transferlab.fit.hardware import FP32
+from transferlab.fit.train import Trainer
 
 
 def _spec(regime, **kw):
@@ -23,8 +25,8 @@ def _train(spec, tmp_path):
     regimes.apply(net, spec, phase=0 if spec.regime == "gradual" else 1)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     pipe = Pipeline(net.info.mean, net.info.std, 32, spec.augment, torch.device("cpu"))
-    Trainer(net, spec, pipe, torch.device("cpu"), FP32, tmp_path / "ck.pt", lambda r: None,
-            lambda s: None).fit(splits.x, splits.y)
+    Trainer(FitContext(spec, net, pipe, torch.device("cpu")), FP32,
+            tmp_path / "ck.pt").fit(splits.x, splits.y)
     return net, before
 
 

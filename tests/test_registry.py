@@ -2,7 +2,8 @@
 it, and its phases are ones the fits can run (cached-feature phases first, head only)."""
 import pytest
 
-from transferlab import figures, plan, regimes
+from transferlab.report import figures
+from transferlab import plan, regimes
 from transferlab.config import parse_study
 from transferlab.errors import UserError
 
@@ -49,3 +50,60 @@ def test_checks_come_from_the_entry():
     with pytest.raises(UserError, match="baseline CNN has no pretrained weights"):
         _spec("full", model="baseline")
     assert _spec("scratch", model="baseline").regime == "scratch"
+
+
+GROUPS = ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+
+
+def _recorded(spec, en: str) -> "Description":
+    """The description an experiment of `spec` records (its first phase), read back."""
+    from transferlab.experiment import _phase_rows
+    from transferlab.record import Description
+    trained = regimes.trained_groups(spec, GROUPS, 0)
+    summary = regimes.get(spec.regime).summary
+    return Description.from_dict({
+        "regime": spec.regime, "regime_description": en, "weights": spec.weights,
+        "groups": [{"group": g, "params": 1000, "trained": g in trained} for g in GROUPS],
+        "schedule": {"name": "cosine", "warmup_epochs": 0, "layer_decay": spec.layer_decay},
+        "regime_settings": summary(spec) if summary else None, "epochs": spec.epochs,
+        "phases": _phase_rows(spec, GROUPS), "arch": "timm:m", "family": "f", "init": "i",
+        "normalization": {"mean": [0.5], "std": [0.5]}, "modified_layers": "head",
+        "trained_params": 1, "frozen_params": 1, "optimizer": {"name": "sgd", "lr": 0.1},
+        "batch_size": 8, "resolution": 32, "augment": "flip", "label_smoothing": 0.0,
+        "fit": "f", "precision": "fp32", "channels_last": False, "compile": False, "tta": False,
+        "seed": 0, "device": "cpu", "data": "synthetic", "split_sizes": {"train": 1}})
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("settings", [{}, {"layer_decay": 0.7, "weights": "none"}])
+def test_cli_report_and_russian_text_describe_each_regime_from_its_entry(name, settings):
+    """`transferlab show` (the recorded English line), the CLI report and the Russian
+    notebook all say what the registry entry says, for every registered regime."""
+    from transferlab.report import ru, tables
+    if name == "scratch" or (settings.get("weights") and not regimes.get(name).pretrained):
+        settings = {}
+    spec = _spec(name, **({"gradual_head_epochs": 1} if name == "gradual" else {}), **settings)
+    trained = regimes.trained_groups(spec, GROUPS, 0)
+    frozen = [g for g in GROUPS if g not in trained]
+    facts = regimes.facts(spec, frozen, trained)
+    en, russian = regimes.text(facts, "en"), regimes.text(facts, "ru")
+    assert en == regimes.description(spec, frozen, trained)  # what an experiment records
+    d = _recorded(spec, en)
+    assert f"  regime         : {name}: {en}" in d.lines()  # `transferlab show`
+    assert tables.regime_text(d) == en  # `transferlab report`'s best-model block
+    assert ru.regime_text(d) == russian  # the notebook's best/final-model block
+    assert "?" not in russian and "{" not in russian and name not in russian
+    assert ru.regime(name) == regimes.ru_name(name) != name  # the tables' name, never the raw one
+    if spec.layer_decay < 1 and regimes.get(name).layer_decay:
+        assert "послойное затухание LR 0.7" in russian and "layer-wise LR decay 0.7" in en
+
+
+def test_an_old_gradual_record_reads_its_settings_from_the_old_key():
+    """Records written before regime_settings kept gradual's under `gradual`: the Russian
+    block still gives the head epochs and the LR scale, not '?'."""
+    from transferlab.report import ru
+    from transferlab.record import Description
+    d = Description.from_dict({"regime": "gradual", "gradual": {"head_epochs": 2, "lr_scale": 0.1},
+                               "groups": [{"group": "head", "trained": True}], "epochs": 5})
+    assert ru.regime_text(d) == ("постепенное размораживание: 2 эп. только голова, затем все слои "
+                                 "с LR x0.1")

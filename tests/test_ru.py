@@ -1,6 +1,10 @@
 """The notebook's Russian layer: headers, regimes, the best/final-model block from stored records."""
-from transferlab import ru
-from transferlab.report import Row
+import pytest
+
+from transferlab import regimes
+from transferlab.report import ru
+from transferlab.record import Description, Result
+from transferlab.report.tables import Row
 
 DETAILS = {"arch": "timm:tf_efficientnet_lite0", "family": "efficientnet",
            "old_head": "Linear(1280->1000)", "new_head": "Linear(1280->10)", "regime": "full",
@@ -14,6 +18,7 @@ DETAILS = {"arch": "timm:tf_efficientnet_lite0", "family": "efficientnet",
 RESULT = {"test_acc": 0.785, "test_acc_no_tta": 0.779, "best_epoch": 4, "val_acc": 0.79,
           "total_seconds": 312.4, "extra": {"fit": "backprop"}}
 ROW = Row("lite0-full", "x", "done", "tf_efficientnet_lite0", "full", "", 0.79, 0.785, 312.4)
+D, R = Description.from_dict(DETAILS), Result.from_dict(RESULT)
 
 
 def _field(lines, label):
@@ -21,13 +26,16 @@ def _field(lines, label):
 
 
 def test_best_block_gives_epochs_batch_schedule_and_tta():
-    lines = ru.best_block(ROW, DETAILS, RESULT, {"val": 800, "test": 1600}, device="AMD EPYC")
+    lines = ru.best_block(ROW, D, R, {"val": 800, "test": 1600}, device="AMD EPYC")
     assert lines[0] == "Лучшая модель (выбрана по точности на валидации): lite0-full"
     assert _field(lines, "эпохи") == "5; по валидации выбрана эпоха 4 (её веса и оценены на тесте)"
     assert _field(lines, "размер батча") == "64"
     assert _field(lines, "расписание LR") == "косинусное, разогрев 0.3 эп."
     test = _field(lines, "точность (тест)")
-    assert test.startswith("78.50 % ± 2.01 (n = 1600), с flip TTA") and test.endswith("без TTA 77.90 %")
+    # Wilson, by hand: 0.785 on 1600 -> 76.4-80.4 %; 0.79 on 800 -> 76.0-81.7 %
+    assert test.startswith("78.50 % (95 % ДИ 76.4–80.4 %, n = 1600), с flip TTA")
+    assert test.endswith("без TTA 77.90 %")
+    assert _field(lines, "точность (валидация)") == "79.00 % (95 % ДИ 76.0–81.7 %, n = 800)"
     assert _field(lines, "тип переноса").startswith("полное дообучение: полное дообучение от предобученных")
     assert _field(lines, "изменённые слои") == ("классификатор заменён: Linear(1280->1000) → новая "
                                                 "голова Linear(1280->10)")
@@ -35,24 +43,26 @@ def test_best_block_gives_epochs_batch_schedule_and_tta():
 
 
 def test_final_block_without_validation_and_probe_epochs():
-    final = dict(RESULT, val_acc=None, best_epoch=5)
+    final = Result.from_dict(dict(RESULT, val_acc=None, best_epoch=5))
     row = Row("final", "y", "done", "m", "full", "", None, 0.785, 1.0)
-    lines = ru.best_block(row, dict(DETAILS, tta=False), final, {"val": 0, "test": 1600},
+    lines = ru.best_block(row, Description.from_dict(dict(DETAILS, tta=False)), final,
+                          {"val": 0, "test": 1600},
                           title="Финальная модель", chosen="lite0-full: val acc 79.00 %")
     assert lines[0] == "Финальная модель: final"
     assert _field(lines, "выбрана") == "lite0-full: val acc 79.00 %"
     assert _field(lines, "точность (валидация)").startswith("нет: обучена на всех обучающих")
     assert _field(lines, "эпохи") == "5; последняя эпоха (валидационной выборки нет)"
     assert _field(lines, "точность (тест)").endswith(", без flip TTA")
-    probe = dict(RESULT, extra={"fit": "cached features", "chosen_wd": 0.001})
-    assert ru.epochs_text({"epochs": 30}, probe) == ("30; проба сообщает последнюю эпоху, по "
-                                                     "валидации выбран weight decay 0.001")
+    probe = Result.from_dict(dict(RESULT, extra={"fit": "cached features", "chosen_wd": 0.001}))
+    assert probe.on_features and probe.chosen_wd == 0.001
+    assert ru.epochs_text(Description.from_dict({"epochs": 30}), probe) == (
+        "30; проба сообщает последнюю эпоху, по валидации выбран weight decay 0.001")
 
 
 def test_labels():
     assert ru.header(["experiment", "val acc", "unknown"]) == ["эксперимент", "точность (валидация)", "unknown"]
     assert ru.regime("last:2") == "последние 2 гр. + голова" and ru.regime("linear") == "линейная проба"
-    assert ru.status("done") == "готов" and ru.acc_pm(0.5, 100) == "50.00 % ± 9.80"
+    assert ru.status("done") == "готов"
 
 
 def test_final_reason_names_the_parent_its_score_and_the_runner_up():
@@ -60,7 +70,13 @@ def test_final_reason_names_the_parent_its_score_and_the_runner_up():
             "ranking": [{"name": "lite2-full", "val_acc": 0.85, "val_loss": 0.6, "val_n": 500},
                         {"name": "lite1-full", "val_acc": 0.85, "val_loss": 0.7, "val_n": 500}]}
     text = ru.final_reason(info)
+    # Wilson, by hand: 0.85 on 500 -> 81.6-87.9 %
     assert text.startswith("lite2-full — лучшая точность на валидации среди 2 экспериментов сетки: "
-                           "85.00 % ± 3.13 (n = 500)")
-    assert text.endswith("следующая — lite1-full, 85.00 % (равенство; выбрана меньшая функция потерь)")
+                           "85.00 % (95 % ДИ 81.6–87.9 %, n = 500)")
+    assert text.endswith("следующая — lite1-full, 85.00 % (95 % ДИ 81.6–87.9 %, n = 500) "
+                         "(равенство; выбрана меньшая функция потерь)")
+    info["paired"] = {"n": 500, "only_a": 6, "only_b": 1, "p": 0.125}
+    assert ru.final_reason(info).endswith(
+        "разница в пределах шума (тест Макнемара на тех же 500 изображениях валидации: верно "
+        "только у выбранной 6, только у следующей 1, p = 0.125)")
     assert ru.final_reason({"reason": "old record"}) == "old record"

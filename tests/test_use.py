@@ -109,7 +109,7 @@ def test_predict_gives_the_stored_test_predictions(study, capsys, name):
 
 
 def test_predict_defaults_to_the_best_on_validation(study, capsys):
-    from transferlab.report import best_row, study_rows
+    from transferlab.report.tables import best_row, study_rows
     from transferlab.store import Store
     st = study["study"]
     store = Store(st.store, create=False)
@@ -329,7 +329,7 @@ def test_tensorboard_missing_package_is_a_clear_error(cli, smoke_config, monkeyp
 
 
 def test_predict_number_format_follows_the_study_on_its_own_kind_of_device():
-    from transferlab import hardware
+    from transferlab.fit import hardware
     from transferlab.trained import Preprocess, Trained
     details = {"device": "cuda:0", "resolution": 32, "decoded_side": 32, "tta": True,
                "channels_last": True, "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3},

@@ -12,23 +12,12 @@ import tomllib
 from pathlib import Path
 
 from .errors import UserError
+from .places import typed_path
 from .resources import is_shipped, shipped_configs
 
 DEFAULT_STORE = Path("runs/transferlab.db")
 OVERRIDES = ("data", "subset", "epochs", "budget")  # command-line settings a study run records
 CONFIG_HELP = "a shipped config's name (transferlab configs) or a .toml file"
-
-
-def typed_path(path) -> str:
-    """A path as the user would type it: relative to the current folder when inside it (a
-    postgresql:// store stays the URL it is)."""
-    if "://" in str(path):
-        return str(path)
-    path = Path(path)
-    try:
-        return str(path.relative_to(Path.cwd())) if path.is_absolute() else str(path)
-    except ValueError:
-        return str(path)
 
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
@@ -181,7 +170,7 @@ def cmd_run(args) -> int:
         say(f"  {name}: {reason}")
     if out.failed:
         say("fix the cause, then run again with --retry-failed (finished experiments are kept)")
-    from . import dist
+    from .fit import dist
     dist.finish()  # last: after it every process counts as rank 0
     return 1 if out.failed else 0
 
@@ -254,7 +243,7 @@ def other_runs(args, store, name: str, members: list) -> list[str]:
 
 
 def cmd_status(args) -> int:
-    from .report import format_table, study_rows
+    from .report.tables import format_table, study_rows
     store, members, externals, name = _members(args)
     rows = study_rows(store, members, externals, planned=getattr(args, "planned", None),
                       other_runs=bool(args.config and store.study_runs(name)))
@@ -266,7 +255,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import best_row, best_summary, final_summary, format_table, report_json, study_rows
+    from .report.tables import best_row, best_summary, final_summary, format_table, report_json, study_rows
     store, members, externals, name = _members(args)
     grid, final = _split_final(store, members)
     rows = study_rows(store, grid, externals, planned=getattr(args, "planned", None),
@@ -291,33 +280,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .report import epochs_total, format_details
-    from .record import format_epoch
+    from .report.tables import experiment_log
     store, members, _, _ = _members(args)
     ids = dict(members)
     if args.name not in ids:
         raise UserError(f"no experiment {args.name!r} in this study; known: {', '.join(ids)}")
-    e = store.get(ids[args.name])
-    if e is None:
+    if store.get(ids[args.name]) is None:
         raise UserError(f"{args.name!r} is not in the store yet; run the study first")
-    cfg = json.loads(e["config"])
-    print(f"{args.name}  id {e['id']}  status {e['status']}"
-          + (f" ({e['reason']})" if e["reason"] else ""))
-    if e["details"]:
-        print("\n".join(format_details(json.loads(e["details"]))))
-    else:
-        print("  config: " + json.dumps(cfg, indent=1))
-    epochs = epochs_total(json.loads(e["details"]) if e["details"] else None, cfg["epochs"])
-    for row in store.epochs(e["id"]):
-        print(format_epoch(row, epochs))
-    res = store.result(e["id"])
-    if res:
-        val = f"{res['val_acc']:.2%}" if res["val_acc"] is not None else "-"
-        print(f"  val acc {val}  test acc {res['test_acc']:.2%} (no TTA "
-              f"{res['test_acc_no_tta']:.2%})  time {res['total_seconds']:.0f}s  "
-              f"peak memory {res['peak_mem_mb']:.0f} MB")
-        env = store.environment(e["id"]) or {}
-        print("  environment: " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    print("\n".join(experiment_log(store, args.name, ids[args.name])))
     return 0
 
 
@@ -381,7 +351,7 @@ def cmd_init(args) -> int:
 
 
 def cmd_notebook(args) -> int:
-    from .notebook import execute
+    from .report.notebook import execute
     paths = execute(args.config, out_dir=args.out, data=args.data, subset=args.subset,
                     epochs=args.epochs, budget=args.budget, store=args.store,
                     data_root=args.data_root,

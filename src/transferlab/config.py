@@ -31,7 +31,7 @@ from typing import Any
 from . import regimes
 from .errors import UserError
 from .resources import study_config
-from .store import is_server_url
+from .places import is_server_url
 
 STORE_ENV = "TRANSFERLAB_STORE"  # replaces [study] store (e.g. a postgresql:// URL on a cluster)
 

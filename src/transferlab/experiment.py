@@ -10,15 +10,17 @@ from pathlib import Path
 
 import torch
 
-from . import dist, evaluate, hardware, kernels, models, optim, probe, regimes
-from .augment import Pipeline
+from .fit import dist, evaluate, hardware, kernels, optim, probe
+from . import models, regimes
+from .fit.augment import Pipeline
 from .config import ExperimentSpec
+from .fit.context import FitContext
 from .data import Splits, stratified_sample
 from .errors import ExperimentFailed, UserError
-from .hardware import Choice
-from .optim import describe_optimizer
-from .record import Description
-from .train import Shards, Trainer
+from .fit.hardware import Choice
+from .fit.optim import describe_optimizer
+from .record import Description, Result
+from .fit.train import Shards, Trainer
 from .util import PeakMemory, atomic_save, environment, eval_batch, safe_load, seed_everything
 
 
@@ -75,8 +77,8 @@ def describe(spec: ExperimentSpec, net: models.Net, plan: regimes.RegimePlan,
 
 
 def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, device,
-        record_epoch, record_details, say, budget=None, data_root: Path | None = None) -> dict:
-    """Run one experiment; returns the result dict the store keeps.
+        record_epoch, record_details, say, budget=None, data_root: Path | None = None) -> Result:
+    """Run one experiment; returns the result the store keeps.
 
     `budget`: a budgeted final stage's account of the time left (the study runner's); its
     plan fixes how many steps the backprop fit trains. `data_root` holds the machine's cached
@@ -107,27 +109,23 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
         details.budget_plan = p.as_dict()
         record_details(details.as_dict())
     fitter = budget.for_fit(spec, choices, splits, record_plan) if budget is not None else None
-    result = _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say,
-                  fitter)
-    result.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
-                  peak_mem_mb=peak.stop())
-    # per test image, in split order: what `transferlab predict` is checked against
-    result["extra"]["test_predictions"] = result.pop("test_predictions", None)
-    for key in ("val_acc_no_tta", "val_loss", "val_n"):  # the store keeps them with the extras
-        if key in result:
-            result["extra"][key] = result.pop(key)
-    predictions = result.pop("val_predictions", None)
+    ctx = FitContext(spec, net, pipe, device, record_epoch, say)
+    fitted = _fit(ctx, splits, exp_dir, feature_dir, choices, fitter)
+    fitted.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
+                  peak_mem_mb=peak.stop(), val_labels=splits.y["val"].tolist() or None,
+                  test_labels=splits.y["test"].tolist())
     if splits.pool is not None:  # a fold: its part of the out-of-fold predictions, by pool index
-        result["extra"]["fold"] = fold_record(splits, predictions)
-    if spec.uses_features:  # the weight decay actually used is the one validation chose
-        details.optimizer["weight_decay"] = result["extra"]["chosen_wd"]
+        fitted["fold"] = fold_record(splits, fitted.get("val_predictions"))
+    result = Result.from_dict(fitted)
+    if result.on_features:  # the weight decay actually used is the one validation chose
+        details.optimizer["weight_decay"] = result.chosen_wd
         details.optimizer["weight_decay_candidates"] = \
-            list(spec.probe_wd) + result["extra"]["wd_grid_extended"]
+            list(spec.probe_wd) + list(result.probe.grid_extended)
         record_details(details.as_dict())
     if dist.rank() == 0:
         atomic_save(net.state_dict(), exp_dir / "model.pt")  # the checkpoint goes once the store has the result
-    say(f"  test accuracy {result['test_acc']:.2%}"
-        + (f" (validation {result['val_acc']:.2%})" if result.get("val_acc") is not None else ""))
+    say(f"  test accuracy {result.test_acc:.2%}"
+        + (f" (validation {result.val_acc:.2%})" if result.val_acc is not None else ""))
     return result
 
 
@@ -197,19 +195,20 @@ def precision_text(setting: str, choices: dict[str, Choice]) -> str:
     return f"{ran} (precision = \"{setting}\")"
 
 
-def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_epoch, say,
-         budget=None) -> dict:
+def _fit(ctx: FitContext, splits: Splits, exp_dir: Path, feature_dir: Path,
+         choices: dict[str, Choice], budget=None) -> dict:
     """The regime's phases in order: a head on cached features first where the regime has
     such a phase (the probe), then the backprop phases (the trainer) from that head."""
+    spec = ctx.spec
     phases = regimes.phases(spec)
     cached = [p for p in phases if p.on_features(spec)]
     probed = None
     if cached:
-        probed = probe.fit(spec, net, pipe, splits, feature_dir, choices["extract"].numerics,
-                           record_epoch, say, epochs=sum(p.epochs(spec) for p in cached))
+        probed = probe.fit(ctx, splits, feature_dir, choices["extract"].numerics,
+                           epochs=sum(p.epochs(spec) for p in cached))
     if len(cached) == len(phases):
         return probed
-    result = _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say, budget)
+    result = _train(ctx, splits, exp_dir, choices, budget)
     if probed is not None:  # what the probe phase chose, kept beside the fine-tuned result
         keep = ("chosen_wd", "probe_sweep", "wd_grid_extended", "epoch_choice", "constant_features")
         result["extra"]["probe"] = {"val_acc": probed["val_acc"], "test_acc": probed["test_acc"],
@@ -217,8 +216,9 @@ def _fit(spec, net, pipe, splits, exp_dir, feature_dir, device, choices, record_
     return result
 
 
-def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
+def _train(ctx: FitContext, splits: Splits, exp_dir: Path, choices: dict[str, Choice],
            budget=None) -> dict:
+    spec, net, pipe, device, say = ctx.spec, ctx.net, ctx.pipe, ctx.device, ctx.say
     exp_dir.mkdir(parents=True, exist_ok=True)
     ckpt = exp_dir / "checkpoint.pt"
     if hasattr(net.backbone, "data_init") and not ckpt.exists():
@@ -232,7 +232,7 @@ def _train(spec, net, pipe, splits, exp_dir, device, choices, record_epoch, say,
     if choices["train"].numerics.frozen_bf16 and (n := kernels.frozen_layers_in_bf16(net)):
         say(f"  cpu kernels    : the {n} frozen layer unit(s) run in bf16 (inference: no "
             "gradient passes through them)")
-    trainer = Trainer(net, spec, pipe, device, choices["train"].numerics, ckpt, record_epoch, say,
+    trainer = Trainer(ctx, choices["train"].numerics, ckpt,
                       eval_numerics=choices["eval"].numerics, budget=budget)
     x, y = splits.x, splits.y
     if splits.pool is not None:  # a fold keeps its last epoch, as the final will: the held-out

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .augment import Pipeline
+from .fit.augment import Pipeline
 from .config import Study
 from .data import make_splits
 from .errors import UserError

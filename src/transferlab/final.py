@@ -12,9 +12,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .config import ExperimentSpec, FinalSpec, Study
-from .store import Store
 from . import selection, stats
+from .config import ExperimentSpec, FinalSpec, Study
+from .record import BudgetPlan, Description, Result
+from .store import Store
 
 FINAL_PREFIX = "final-"
 
@@ -58,6 +59,7 @@ class Plan:
     waiting: tuple[str, ...]  # grid (or fold) experiments not finished yet
     excluded: tuple[str, ...]  # failed or skipped, with why
     selection: selection.Selection | None = None  # how the choice is made (once the grid is done)
+    paired: stats.Paired | None = None  # the choice against the runner-up, on validation
 
     @property
     def reason(self) -> str:
@@ -68,14 +70,27 @@ class Plan:
         why = f"best {what} accuracy of {len(self.ranking)} grid experiment(s)"
         if len(self.ranking) > 1 and self.ranking[1].val_acc == best.val_acc:
             why += f" (tied with {self.ranking[1].name}; lower {what} loss)"
-        return f"{why}: {best.text()}"
+        return f"{why}: {best.text()}" + self.noise()
+
+    def noise(self) -> str:
+        """Whether the choice is clear of the runner-up, by McNemar's test on validation."""
+        if len(self.ranking) < 2:
+            return ""
+        second, t = self.ranking[1], self.paired
+        if t is None:  # no predictions of the same images stored: the intervals say it
+            return f"; next {second.text()}"
+        verdict = "beyond the noise" if t.significant else "inside the noise"
+        return (f"; next {second.name}: {verdict} (McNemar on the same {t.n} validation "
+                f"images: {t.only_a} right only for the choice, {t.only_b} only for "
+                f"{second.name}, p = {t.p:.3g})")
 
     def info(self) -> dict:
         """What the final experiment's details record about its choice."""
         return {"parent": self.parent.name, "parent_id": self.parent.id, "reason": self.reason,
                 "ranking": [dataclasses.asdict(c) for c in self.ranking],
                 "excluded": list(self.excluded),
-                "selection": self.selection.summary() if self.selection else None}
+                "selection": self.selection.summary() if self.selection else None,
+                "paired": dataclasses.asdict(self.paired) if self.paired else None}
 
 
 def candidates(study: Study, store: Store) -> tuple[list[Candidate], list[str], list[str]]:
@@ -87,15 +102,13 @@ def candidates(study: Study, store: Store) -> tuple[list[Candidate], list[str], 
         if status in ("pending", "running"):
             waiting.append(spec.name)
             continue
-        res = store.result(spec.id) if status == "done" else None
-        if res is None or res["val_acc"] is None:
+        res = store.result_record(spec.id) if status == "done" else None
+        if res is None or res.val_acc is None:
             excluded.append(f"{spec.name} ({status if res is None else 'no validation split'})")
             continue
-        extra = res.get("extra") or {}
-        loss = extra.get("val_loss")
-        ranked.append(Candidate(spec.name, spec.id, float(res["val_acc"]),
-                                float(loss) if loss is not None else math.inf,
-                                int(extra.get("val_n") or 0)))
+        ranked.append(Candidate(spec.name, spec.id, float(res.val_acc),
+                                float(res.val_loss) if res.val_loss is not None else math.inf,
+                                int(res.val_n or 0)))
     ranked.sort(key=lambda c: rank_key(c.val_acc, c.val_loss))
     return ranked, waiting, excluded
 
@@ -110,12 +123,27 @@ def plan(study: Study, store: Store) -> Plan:
     if sel.name == "kfold":
         ranked = [Candidate(o.name, o.exp_id, o.acc, o.loss, o.n, "oof") for o in sel.ranking()]
     parent = next(e for e in study.experiments if e.id == ranked[0].exp_id)
-    extra = (store.result(parent.id) or {}).get("extra") or {}
-    chosen = extra.get("chosen_wd", (extra.get("probe") or {}).get("chosen_wd"))  # lp-ft: its probe's
+    res = store.result_record(parent.id)
+    chosen = res.chosen_wd if res else None  # lp-ft: its probe phase's
     if parent.name in sel.oof and sel.oof[parent.name].chosen_wd is not None:
         chosen = sel.oof[parent.name].chosen_wd  # a probe's weight decay, chosen out of fold
     spec = final_spec(parent, study.final, chosen, study.budget)
-    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel)
+    # the paired test compares the holdout's predictions: a k-fold ranking is out of fold
+    paired = runner_up(store, ranked) if sel.name != "kfold" else None
+    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel, paired)
+
+
+def runner_up(store: Store, ranked: list[Candidate]) -> stats.Paired | None:
+    """McNemar's test of the chosen experiment against the next one on their validation
+    images (None: fewer than two, or no stored predictions of the same images)."""
+    if len(ranked) < 2:
+        return None
+    a, b = (store.result_record(c.exp_id) for c in ranked[:2])
+    if not (a and b and a.val_predictions and b.val_predictions and a.val_labels
+            and a.val_labels == b.val_labels and len(a.val_predictions) == len(a.val_labels)
+            and len(b.val_predictions) == len(b.val_labels)):
+        return None
+    return stats.paired(a.val_predictions, b.val_predictions, a.val_labels)
 
 
 def final_resolution(parent: ExperimentSpec, final: FinalSpec) -> int | None:
@@ -154,54 +182,50 @@ def final_spec(parent: ExperimentSpec, final: FinalSpec, chosen_wd: float | None
 
 def stored(store: Store, members: list) -> tuple[str, str] | None:
     """The (name, id) among a stored study's members that is its final experiment."""
-    import json
     for name, exp_id in members:
-        e = store.get(exp_id)
-        if e is not None and e["details"] and "final" in json.loads(e["details"]):
+        d = store.description(exp_id)
+        if d is not None and d.final:
             return name, exp_id
     return None
 
 
 def describe(store: Store, exp_id: str) -> dict | None:
     """The final model in full, as the report, the notebook and `report --json` give it."""
-    import json
     e = store.get(exp_id)
     if e is None:
         return None
-    d = json.loads(e["details"]) if e["details"] else {}
-    res = store.result(exp_id) if e["status"] == "done" else None
-    cfg = json.loads(e["config"])
+    d = store.description(exp_id) or Description.from_dict({})
+    res = store.result_record(exp_id) if e["status"] == "done" else None
+    cfg = store.config(exp_id)
     out = {"name": e["name"], "id": exp_id, "status": e["status"], "reason_failed": e["reason"],
-           "chosen": d.get("final", {}), "source_model": d.get("arch", cfg["model"]),
-           "modified_layers": d.get("modified_layers"), "transfer_type": cfg["regime"],
-           "regime_description": d.get("regime_description"), "initialisation": d.get("init"),
-           "optimizer": d.get("optimizer"), "schedule": d.get("schedule"),
+           "chosen": d.final or {}, "source_model": d.arch or cfg["model"],
+           "modified_layers": d.modified_layers, "transfer_type": cfg["regime"],
+           "regime_description": d.regime_description, "initialisation": d.init,
+           "optimizer": d.optimizer, "schedule": d.schedule,
            "epochs": cfg["epochs"], "batch_size": cfg["batch_size"],
-           "resolution": d.get("resolution", cfg["resolution"]), "augment": cfg["augment"],
+           "resolution": d.resolution or cfg["resolution"], "augment": cfg["augment"],
            "label_smoothing": cfg["label_smoothing"], "tta": cfg["tta"],
-           "train_images": (d.get("split_sizes") or {}).get("train"), "data": d.get("data"),
+           "train_images": (d.split_sizes or {}).get("train"), "data": d.data,
            "test_acc": None, "test_acc_no_tta": None, "test_n": None, "test_interval95": None}
     if res is not None:
-        n = len((res.get("extra") or {}).get("test_predictions") or [])
-        out.update(test_acc=res["test_acc"], test_acc_no_tta=res["test_acc_no_tta"],
-                   test_n=n or None, seconds=res["total_seconds"],
-                   test_interval95=list(interval95(res["test_acc"], n)) if n else None)
-    out["budget"] = budget_summary(d.get("budget_plan"), res, store.epochs(exp_id))
+        n = len(res.test_predictions or [])
+        out.update(test_acc=res.test_acc, test_acc_no_tta=res.test_acc_no_tta,
+                   test_n=n or None, seconds=res.total_seconds,
+                   test_interval95=list(interval95(res.test_acc, n)) if n else None)
+    out["budget"] = budget_summary(d.budget_plan, res, store.epochs(exp_id))
     if out["budget"]:  # the budget set the length: the config's epochs were not used
         out["epochs"] = out["budget"]["actual_epochs"] or out["budget"]["planned_epochs"]
     return out
 
 
-def budget_summary(plan: dict | None, res: dict | None, epochs: list[dict]) -> dict | None:
+def budget_summary(plan: dict | None, res: Result | None, epochs: list[dict]) -> dict | None:
     """A budgeted final's plan beside what ran: steps, epochs, throughput, wall time."""
     if not plan:
         return None
-    from .record import BudgetPlan
     p = BudgetPlan.from_dict(plan)
-    extra = (res or {}).get("extra") or {}
-    done = extra.get("steps")
+    done = res.steps if res else None
     rates = [e["img_per_s"] for e in epochs if e.get("img_per_s")]
-    final_s = (res or {}).get("total_seconds")
+    final_s = res.total_seconds if res else None
     return {"budget": p.budget, "budget_seconds": p.budget_s, "grid_seconds": p.grid_s,
             "margin_seconds": p.margin_s, "planned_steps": p.total_steps,
             "first_planned_steps": (p.replanned or {}).get("total_steps_before", p.total_steps),

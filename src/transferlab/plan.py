@@ -32,7 +32,7 @@ from . import experiment, final, models, regimes
 from .config import ExperimentSpec, Study
 from .durations import duration_text, parse_budget
 from .errors import ExperimentFailed, UserError, WeightsUnavailable
-from .features import probe_views
+from .fit.features import probe_views
 from .record import BudgetPlan
 from .store import Store
 from .util import cpu_name

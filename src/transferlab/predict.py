@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import fmt
 from .data import IMAGE_EXTS, is_hidden
 from .errors import UserError
 from .trained import Trained
@@ -210,8 +211,8 @@ def command(study, name: str | None, paths: list[Path], device: str = "auto", to
     dev = pick_device(device)
     why = "named with --model" if name else "best on validation"
     r = trained.result
-    print(f"model {trained.name} ({why}; validation {_pct(r.get('val_acc'))}, test "
-          f"{_pct(r.get('test_acc'))}), {trained.details.get('arch')}, "
+    print(f"model {trained.name} ({why}; validation {fmt.pct(r.get('val_acc'))}, test "
+          f"{fmt.pct(r.get('test_acc'))}), {trained.details.get('arch')}, "
           f"{trained.numerics(dev).name} on {dev}")
     for step in trained.prep.steps():
         print(f"  {step}")
@@ -233,7 +234,3 @@ def command(study, name: str | None, paths: list[Path], device: str = "auto", to
     for path in written:
         print(f"wrote {path}")
     return 0 if out.predictions else 1
-
-
-def _pct(v) -> str:
-    return f"{v:.2%}" if v is not None else "-"

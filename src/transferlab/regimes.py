@@ -3,9 +3,11 @@
 An entry declares its phases (which layer groups train in each, for how many epochs, at which
 LR scale, and whether a head-only phase may be fitted on cached backbone features), whether
 the network starts from pretrained weights, whether layer-wise LR decay applies, the checks a
-config must pass, and its plain-words description. Config checks, the trainer, the probe, the
-architecture view, the figures and the time estimate ask the registry; none compares regime
-names. A new regime is one `register(...)` call below.
+config must pass, and its plain-words descriptions in English (the log, `transferlab show`) and
+Russian (the report), both written from the same `Facts`, so the two cannot drift apart. Config
+checks, the trainer, the probe, the architecture view, the figures, the time estimate and the
+report ask the registry; none compares regime names. A new regime is one `register(...)` call
+below.
 
 This module is a leaf: it imports nothing from the package (config validates regime names
 against it), and reaches a network only through its attributes (`backbone`, `head`,
@@ -37,10 +39,31 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class Facts:
+    """What a regime's descriptions say about one experiment. Built from a spec before it
+    trains (`facts`), or from its stored description afterwards (record.Description.facts):
+    one input for both languages, whichever side holds the experiment."""
+    regime: str
+    trained: tuple = ()  # group names that train (in the first phase)
+    frozen: tuple = ()
+    cached: bool = False  # the first phase is a head fitted on cached backbone features
+    weights: str = "imagenet"
+    layer_decay: float = 1.0  # the LR decay that applies (1: off)
+    head_epochs: int = 0  # gradual: head-only epochs before everything unfreezes
+    lr_scale: float = 1.0  # gradual: LR multiplier once everything trains
+    epochs: int = 0
+
+    @property
+    def k(self) -> int | None:
+        return last_k(self.regime)
+
+
+@dataclass(frozen=True)
 class Regime:
     name: str  # as written in a config; a pattern's name shows its form ("last:K")
     phases: Callable  # spec -> tuple[Phase, ...], in training order
-    description: Callable  # (spec, frozen group names) -> plain words for the report
+    description: Callable  # Facts -> plain English words (the log, `transferlab show`)
+    ru_description: Callable  # Facts -> the same in Russian (the report, the notebook)
     legend: str  # short legend text of the accuracy chart (the report is in Russian)
     ru: str = ""  # its name in the report's tables ({k}: last_k)
     ru_long: str = ""  # its name in the conclusions, where it names a group of experiments
@@ -89,46 +112,64 @@ def _all_epochs(spec) -> int:
     return spec.epochs
 
 
-def _linear_text(spec, frozen) -> str:
-    how = ("fitted on cached backbone features" if phases(spec)[0].on_features(spec)
-           else "trained through the frozen backbone with augmentation")
-    return f"feature extraction: backbone frozen (BN statistics too), only the head trains, {how}"
+def _ld_en(f: Facts) -> str:
+    return f", layer-wise LR decay {f.layer_decay}" if f.layer_decay < 1 else ""
+
+
+def _ld_ru(f: Facts) -> str:
+    return f", послойное затухание LR {f.layer_decay}" if f.layer_decay < 1 else ""
 
 
 register(Regime(
-    "linear", lambda s: (Phase(HEAD, HEAD, _all_epochs, cached=True),), _linear_text,
+    "linear", lambda s: (Phase(HEAD, HEAD, _all_epochs, cached=True),),
+    lambda f: ("feature extraction: backbone frozen (BN statistics too), only the head trains, "
+               + ("fitted on cached backbone features" if f.cached
+                  else "trained through the frozen backbone with augmentation")),
+    lambda f: ("извлечение признаков: основа заморожена (и статистики BN), обучается только "
+               "голова — " + ("на закэшированных признаках основы" if f.cached
+                              else "через замороженную основу с аугментацией")),
     legend="linear: только новая голова", ru="линейная проба",
     ru_long="линейная проба (основа заморожена)"))
 
 register(Regime(
     "last:K", lambda s: (Phase(f"last {last_k(s.regime)}", "last", _all_epochs),),
-    lambda s, frozen: (f"fine-tune the last {last_k(s.regime)} layer group(s) and the head; "
-                       f"frozen: {', '.join(frozen) or 'nothing'}"),
+    lambda f: (f"fine-tune the last {f.k} layer group(s) and the head; "
+               f"frozen: {', '.join(f.frozen) or 'nothing'}"),
+    lambda f: (f"дообучение последних {f.k} групп слоёв и головы: обучаются "
+               f"{', '.join(f.trained) or '?'}; заморожены {', '.join(f.frozen) or 'ничего'}"),
     legend="{name}: последние {k} гр. + голова", pattern=r"last:[1-9][0-9]*",
     ru="последние {k} гр. + голова", ru_long="дообучение последних {k} групп слоёв"))
 
-
-def _full_text(spec, frozen) -> str:
-    ld = f", layer-wise LR decay {spec.layer_decay}" if spec.layer_decay < 1 else ""
-    start = "random init (weights = \"none\")" if spec.weights == "none" else "pretrained weights"
-    return f"full fine-tuning from {start}{ld}"
-
-
 register(Regime(
-    "full", lambda s: (Phase(ALL, ALL, _all_epochs),), _full_text,
+    "full", lambda s: (Phase(ALL, ALL, _all_epochs),),
+    lambda f: ("full fine-tuning from " + ('random init (weights = "none")' if f.weights == "none"
+                                           else "pretrained weights") + _ld_en(f)),
+    lambda f: ("полное дообучение " + ("от случайной инициализации (weights = \"none\")"
+                                       if f.weights == "none" else "от предобученных весов")
+               + _ld_ru(f)),
     legend="full: дообучение всей сети", layer_decay=True, ru="полное дообучение"))
 
 register(Regime(
     "scratch", lambda s: (Phase(ALL, ALL, _all_epochs),),
-    lambda s, frozen: "training from scratch: random init, every layer trains",
+    lambda f: "training from scratch: random init, every layer trains",
+    lambda f: "обучение с нуля: случайная инициализация, обучаются все слои",
     legend="scratch: с нуля", pretrained=False, ru="с нуля", ru_long="обучение с нуля"))
 
-def _gradual_text(spec, frozen) -> str:
-    if spec.gradual_head_epochs == 0:  # what --epochs 1 leaves of it: no room for a head phase
+
+def _gradual_en(f: Facts) -> str:
+    if f.head_epochs == 0:  # what --epochs 1 leaves of it: no room for a head phase
         return (f"gradual unfreezing cut to its second phase (gradual_head_epochs = 0): every "
-                f"layer at {spec.gradual_lr_scale}x the learning rate from the first epoch")
-    return (f"gradual unfreezing: head only for {spec.gradual_head_epochs} epoch(s), then every "
-            f"layer at {spec.gradual_lr_scale}x the learning rate")
+                f"layer at {f.lr_scale}x the learning rate from the first epoch")
+    return (f"gradual unfreezing: head only for {f.head_epochs} epoch(s), then every "
+            f"layer at {f.lr_scale}x the learning rate")
+
+
+def _gradual_ru(f: Facts) -> str:
+    if f.head_epochs == 0:
+        return (f"постепенное размораживание без фазы одной головы (gradual_head_epochs = 0): "
+                f"все слои с LR x{f.lr_scale} с первой эпохи")
+    return (f"постепенное размораживание: {f.head_epochs} эп. только голова, затем все слои "
+            f"с LR x{f.lr_scale}")
 
 
 register(Regime(
@@ -136,25 +177,34 @@ register(Regime(
     lambda s: (Phase(HEAD, HEAD, lambda s: s.gradual_head_epochs),
                Phase(ALL, ALL, lambda s: s.epochs - s.gradual_head_epochs,
                      lr_scale=lambda s: s.gradual_lr_scale)),
-    _gradual_text, legend="gradual: постепенная разморозка", ru="постепенное размораживание",
+    _gradual_en, _gradual_ru, legend="gradual: постепенная разморозка",
+    ru="постепенное размораживание",
     checks=((lambda s: 0 <= s.gradual_head_epochs < s.epochs,
              "gradual_head_epochs must be smaller than epochs (and not negative)"),),
     summary=lambda s: {"head_epochs": s.gradual_head_epochs, "lr_scale": s.gradual_lr_scale}))
 
 
-def _lpft_text(spec, frozen) -> str:
+def _lpft_en(f: Facts) -> str:
     how = ("a head fitted on cached backbone features, weight decay chosen on validation"
-           if phases(spec)[0].on_features(spec) else "the head alone trained through the frozen backbone")
-    return (f"LP-FT (Kumar et al., ICLR 2022): linear probe first ({how}, {spec.epochs} epoch(s)), "
-            f"then full fine-tuning of every layer from that probed head for {spec.epochs} "
+           if f.cached else "the head alone trained through the frozen backbone")
+    return (f"LP-FT (Kumar et al., ICLR 2022): linear probe first ({how}, {f.epochs} epoch(s)), "
+            f"then full fine-tuning of every layer from that probed head for {f.epochs} "
             "epoch(s), so the pretrained features are not distorted by a random head")
+
+
+def _lpft_ru(f: Facts) -> str:
+    how = ("голова на закэшированных признаках, weight decay выбран по валидации" if f.cached
+           else "одна голова обучается через замороженную основу")
+    return (f"LP-FT (Kumar et al., ICLR 2022): сначала линейная проба ({how}, {f.epochs} эп.), "
+            f"затем полное дообучение всех слоёв от этой головы ({f.epochs} эп.), чтобы "
+            "случайная голова не искажала предобученные признаки" + _ld_ru(f))
 
 
 register(Regime(
     "lp-ft",
     lambda s: (Phase("probe", HEAD, _all_epochs, cached=True), Phase(ALL, ALL, _all_epochs)),
-    _lpft_text, legend="lp-ft: зонд, затем вся сеть", layer_decay=True,
-    ru="проба, затем полное дообучение (LP-FT)"))
+    lambda f: _lpft_en(f) + _ld_en(f), _lpft_ru, legend="lp-ft: зонд, затем вся сеть",
+    layer_decay=True, ru="проба, затем полное дообучение (LP-FT)"))
 
 
 # ------------------------------------------------------------------ questions about a spec
@@ -180,8 +230,25 @@ def layer_decay(spec) -> float:
     return spec.layer_decay if get(spec.regime).layer_decay else 1.0
 
 
-def description(spec, frozen: list[str]) -> str:
-    return get(spec.regime).description(spec, frozen)
+def facts(spec, frozen: list[str], trained: list[str] = ()) -> Facts:
+    """What the descriptions say about `spec` (frozen / trained: group names)."""
+    return Facts(spec.regime, tuple(trained), tuple(frozen), phases(spec)[0].on_features(spec),
+                 spec.weights, layer_decay(spec), spec.gradual_head_epochs,
+                 spec.gradual_lr_scale, spec.epochs)
+
+
+def text(f: Facts, lang: str = "en") -> str:
+    """A regime's description of an experiment, in English ("en") or Russian ("ru"); an
+    unknown regime (a record of a removed one) is named as it is."""
+    try:
+        r = get(f.regime)
+    except KeyError:
+        return f.regime
+    return (r.ru_description if lang == "ru" else r.description)(f)
+
+
+def description(spec, frozen: list[str], trained: list[str] = ()) -> str:
+    return text(facts(spec, frozen, trained))
 
 
 def legend(name: str) -> str:
@@ -270,7 +337,9 @@ def apply(net, spec, phase: int | None = None) -> RegimePlan:
     n_frozen = sum(p.numel() for p in net.parameters() if not p.requires_grad)
     frozen = [g for g in gnames if g not in train]
     return RegimePlan(spec.regime, [g for g in gnames if g in train], frozen, n_train, n_frozen,
-                      modified_layers(spec, net), describe(spec, frozen), phase_at(spec, phase).name)
+                      modified_layers(spec, net),
+                      description(spec, frozen, [g for g in gnames if g in train]),
+                      phase_at(spec, phase).name)
 
 
 def modified_layers(spec, net) -> str:

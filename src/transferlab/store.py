@@ -25,14 +25,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ClaimLost, UserError
-from .record import EPOCH_COLUMNS, RESULT_COLUMNS, RESULT_JSON, Result
+from .places import is_server_url
+from .record import EPOCH_COLUMNS, RESULT_COLUMNS, RESULT_JSON, Description, Result
 
 SCHEMA_VERSION = 4  # 2: experiments.token (fenced claims); 3: study_runs (every override set);
 # 4: ledger (the wall time each study's grid took, for its time budget)
 LEASE_SECONDS = 120.0  # default; TRANSFERLAB_LEASE_SECONDS overrides it (tests use a short one)
 LEASE_ENV = "TRANSFERLAB_LEASE_SECONDS"
 MOUNTS = Path("/proc/mounts")
-SERVER_SCHEMES = ("postgresql://", "postgres://")
 # Filesystems shared between hosts, where SQLite's locking cannot be trusted.
 NETWORK_FILESYSTEMS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ncpfs", "afs", "ceph", "fuse.ceph",
                        "fuse.ceph-fuse", "lustre", "glusterfs", "fuse.glusterfs", "fuse.sshfs",
@@ -73,10 +73,6 @@ COLUMNS = {  # epoch and result columns are the typed records' fields (record.py
 KEYS = {"meta": ["key"], "experiments": ["id"], "epochs": ["exp_id", "epoch"],
         "results": ["exp_id"], "environment": ["exp_id"], "studies": ["name"],
         "study_runs": ["name", "overrides"], "ledger": ["key"]}
-
-
-def is_server_url(where) -> bool:
-    return isinstance(where, str) and where.startswith(SERVER_SCHEMES)
 
 
 def lease_seconds() -> float:
@@ -523,8 +519,10 @@ class Store:
             self._fence(exp_id)
             self._x("DELETE FROM epochs WHERE exp_id=? AND epoch>?", (exp_id, after))
 
-    def finish(self, exp_id: str, result: dict, env: dict) -> None:
-        res = Result.from_dict(result).as_dict()  # a result without test_acc fails here
+    def finish(self, exp_id: str, result: Result | dict, env: dict) -> None:
+        if not isinstance(result, Result):
+            result = Result.from_dict(result)  # a result without test_acc fails here
+        res = result.columns()
         row = {c: json.dumps(res[c]) if c in RESULT_JSON else res[c] for c in RESULT_COLUMNS}
         row["exp_id"] = exp_id
         with self.tx():
@@ -542,6 +540,7 @@ class Store:
             "SELECT * FROM epochs WHERE exp_id=? ORDER BY epoch", (exp_id,))]
 
     def result(self, exp_id: str) -> dict | None:
+        """The result row as stored (its JSON fields decoded); views use `result_record`."""
         r = self._x("SELECT * FROM results WHERE exp_id=?", (exp_id,)).fetchone()
         if r is None:
             return None
@@ -554,6 +553,16 @@ class Store:
         """The typed result of a finished experiment."""
         d = self.result(exp_id)
         return None if d is None else Result.from_dict({**d, "extra": d["extra"] or {}})
+
+    def description(self, exp_id: str) -> Description | None:
+        """The typed description recorded before the experiment trained (None: none yet)."""
+        e = self.get(exp_id)
+        return Description.from_dict(json.loads(e["details"])) if e and e["details"] else None
+
+    def config(self, exp_id: str) -> dict:
+        """The experiment's resolved config as registered ({} when it is not in the store)."""
+        e = self.get(exp_id)
+        return json.loads(e["config"]) if e else {}
 
     def environment(self, exp_id: str) -> dict | None:
         r = self._x("SELECT info FROM environment WHERE exp_id=?", (exp_id,)).fetchone()

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from . import dist, final, selection
+from . import final, selection
+from .fit import dist
 from . import plan as planning
 from .config import ExperimentSpec, Study, legacy_experiment_id
 from .data import Splits, make_splits
@@ -458,23 +459,23 @@ class Runner:
                 self._charge(details is None or "fold" in details, reason)
             if reason is None:
                 out.ran.append(spec.name)
-            elif isinstance(reason, Skipped):
+            elif isinstance(reason, Skip):
                 out.skipped.append(spec.name)
             else:
-                out.failed.append((spec.name, reason))
+                out.failed.append((spec.name, reason.reason))
 
-    def _charge(self, grid: bool, reason) -> None:
+    def _charge(self, grid: bool, reason: "Skip | Failure | None") -> None:
         """After a grid experiment, charge this process's time to the grid's ledger. A skip
         (weights not here) before any real work charges nothing: a rerun that only finds the
         grid done and retries a hub model must not bill its start-up to the grid."""
-        if not grid or not self.is_main or (isinstance(reason, Skipped) and not self.worked):
+        if not grid or not self.is_main or (isinstance(reason, Skip) and not self.worked):
             return
         self.worked = True
         with suppress(Exception):  # the account must not stop the study
             self.clock.charge()
 
     def _run_one(self, spec: ExperimentSpec, beat=None, details: dict | None = None,
-                 budget=None) -> str | None:
+                 budget=None) -> "Skip | Failure | None":
         from . import experiment
         exp_dir = experiment_dir(self.study, spec)
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -512,7 +513,7 @@ class Runner:
             say(f"  SKIPPED: {e}")
             if self.is_main:
                 self.store.set_status(spec.id, "skipped", str(e))
-            return Skipped(str(e))
+            return Skip(str(e))
         except (ExperimentFailed, UserError) as e:
             return self._fail(spec, str(e))
         except torch.cuda.OutOfMemoryError:
@@ -550,15 +551,24 @@ class Runner:
             return EpochCurves(self.tensorboard, self.study.name, spec)
         return NoCurves()
 
-    def _fail(self, spec: ExperimentSpec, reason: str) -> str:
+    def _fail(self, spec: ExperimentSpec, reason: str) -> "Failure":
         say(f"  FAILED: {reason}")
         if self.is_main:
             self.store.set_status(spec.id, "failed", reason)
-        return reason
+        return Failure(reason)
 
 
-class Skipped(str):
-    """Why an experiment ended as skipped (its weights cannot be fetched here)."""
+@dataclass(frozen=True)
+class Skip:
+    """An experiment that could not start here (its weights cannot be fetched): not a
+    failure, and no work was done for it."""
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An experiment that failed, and why (the store keeps the same words)."""
+    reason: str
 
 
 class _Null:

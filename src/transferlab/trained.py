@@ -17,13 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import hardware, models
-from .augment import Pipeline
+from .fit import hardware
+from . import models
+from .fit.augment import Pipeline
 from .config import ExperimentSpec, Study, load_study
 from .data import _square_resize, decode_image
 from .errors import DamagedFile, UserError
 from .final import plan
-from .report import best_row, study_rows
+from .report.tables import best_row, study_rows
 from .store import Store
 from .util import safe_load
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from . import record
-from .final import interval95, rank_key
-from .store import Store
+from .. import fmt, record
+from ..final import rank_key
+from ..places import typed_path
+from ..record import Result
+from ..store import Store
 
 
 def epochs_total(details: dict | None, config_epochs: int) -> int:
@@ -18,6 +20,35 @@ def epochs_total(details: dict | None, config_epochs: int) -> int:
 def format_details(d: dict) -> list[str]:
     """The block printed before an experiment trains and by `transferlab show`."""
     return record.format_details(d)
+
+
+def experiment_log(store: Store, name: str, exp_id: str, stage: str = "") -> list[str]:
+    """Everything recorded about one experiment, as `transferlab show` prints it and the
+    notebook's training log shows it: status, description, epoch rows, scores, environment."""
+    e = store.get(exp_id)
+    if e is None:
+        return [f"=== {name}  ({stage}id {exp_id}, not in the store yet)"]
+    out = [f"=== {name}  ({stage}id {exp_id}, status {e['status']})"]
+    if e["reason"]:
+        out.append(f"  reason         : {e['reason']}")
+    d = store.description(exp_id)
+    config = store.config(exp_id)
+    if d is not None:
+        out += d.lines()
+    else:
+        out.append("  config         : " + ", ".join(f"{k}={v}" for k, v in config.items()))
+    n_epochs = epochs_total(d.as_dict() if d else None, config.get("epochs", 0))
+    out += [record.format_epoch(row, n_epochs) for row in store.epochs(exp_id)]
+    res = store.result_record(exp_id)
+    if res is not None:
+        out.append(f"  val accuracy   : {fmt.ci(res.val_acc, res.val_n, 'en')}")
+        out.append(f"  test accuracy  : {fmt.ci(res.test_acc, test_n(res), 'en')}"
+                   + (tta_note(d, res) if d else ""))
+        out.append(f"  time           : {fmt.seconds(res.total_seconds, 'en')}, peak memory "
+                   + (f"{res.peak_mem_mb:.0f} MB" if res.peak_mem_mb is not None else "?"))
+        env = store.environment(exp_id) or {}
+        out.append("  environment    : " + ", ".join(f"{k} {v}" for k, v in env.items()))
+    return out
 
 
 @dataclass
@@ -36,29 +67,20 @@ class Row:
     val_loss: float | None = None  # breaks ties between equal validation accuracies
     val_n: int | None = None  # validation images, for the 95 % interval
     final: bool = False  # the final stage's experiment (shown apart from the grid)
+    # the stored result (predictions per image: the conclusions' paired tests); not JSON
+    result: Result | None = field(default=None, repr=False, compare=False)
 
     def val_text(self) -> str:
-        if self.val_acc is None:
-            return "-"
-        if not self.val_n:
-            return f"{self.val_acc:.2%}"
-        lo, hi = interval95(self.val_acc, self.val_n)
-        return f"{self.val_acc:.2%} [{lo:.1%}, {hi:.1%}] n={self.val_n}"
+        return fmt.ci(self.val_acc, self.val_n, "en")
 
     def as_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items()}
-        d["val_interval95"] = list(interval95(self.val_acc, self.val_n)) \
-            if self.val_acc is not None and self.val_n else None
+        d = {k: v for k, v in self.__dict__.items() if k != "result"}
+        d["val_interval95"] = fmt.interval(self.val_acc, self.val_n)
         return d
 
 
 def key_params(cfg: dict) -> str:
-    o = cfg["optimizer"]
-    res = f"{cfg['resolution']}px" if cfg["resolution"] else "native px"
-    parts = [res, f"{o['name']} lr={o['lr']:g}", f"{cfg['epochs']}ep"]
-    if cfg["head"]["kind"] == "mlp":
-        parts.insert(0, "mlp" + "x".join(str(h) for h in cfg["head"]["hidden"]))
-    return ", ".join(parts)
+    return fmt.key_params(cfg, "en")
 
 
 NOT_RUN = ("not run yet", "not run with these settings")
@@ -81,12 +103,11 @@ def study_rows(store: Store, members: list, externals: list, planned: dict | Non
                         Row(name, exp_id, status, "?", "?", "", None, None, None))
             continue
         cfg = json.loads(e["config"])
-        res = store.result(exp_id) if e["status"] == "done" else None
-        extra = (res or {}).get("extra") or {}
+        res = store.result_record(exp_id) if e["status"] == "done" else None
         rows.append(Row(name, exp_id, e["status"], cfg["model"], cfg["regime"], key_params(cfg),
-                        res and res["val_acc"], res and res["test_acc"],
-                        res and res["total_seconds"], e["reason"],
-                        val_loss=extra.get("val_loss"), val_n=extra.get("val_n")))
+                        res and res.val_acc, res and res.test_acc, res and res.total_seconds,
+                        e["reason"], val_loss=res and res.val_loss, val_n=res and res.val_n,
+                        result=res))
     for x in externals:
         rows.append(Row(x["name"], None, "external", "external", "external", x.get("note", ""),
                         x.get("val_acc"), x["test_acc"], None, external=True))
@@ -100,19 +121,15 @@ def best_row(rows: list[Row]) -> Row | None:
     return min(done, key=lambda r: rank_key(r.val_acc, r.val_loss), default=None)
 
 
-def _pct(x) -> str:
-    return f"{x:.2%}" if x is not None else "-"
-
-
 def format_table(rows: list[Row], with_acc: bool = True) -> str:
     head = ["experiment", "status", "model", "regime", "key parameters"]
     if with_acc:
-        head += ["val acc [95% CI] n", "test acc", "time"]
+        head += ["val acc (95 % CI, n)", "test acc", "time"]
     table = [head]
     for r in rows:
         line = [r.name, r.status, r.model, r.regime, r.key]
         if with_acc:
-            line += [r.val_text(), _pct(r.test_acc), f"{r.seconds:.0f}s" if r.seconds else "-"]
+            line += [r.val_text(), fmt.pct(r.test_acc), fmt.seconds(r.seconds, "en")]
         table.append(line)
     widths = [max(len(str(row[i])) for row in table) for i in range(len(head))]
     out = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
@@ -123,22 +140,30 @@ def format_table(rows: list[Row], with_acc: bool = True) -> str:
 
 
 def best_summary(store: Store, row: Row) -> list[str]:
-    import json
-    e = store.get(row.exp_id)
-    d = json.loads(e["details"]) if e["details"] else {}
-    o = d.get("optimizer", {})
+    d = store.description(row.exp_id)
+    res = store.result_record(row.exp_id)
     return [
         f"best model (chosen on validation accuracy): {row.name}",
-        f"  source model      : {d.get('arch', row.model)}",
-        f"  modified layers   : {d.get('modified_layers', '?')}",
-        f"  transfer type     : {row.regime}: {d.get('regime_description', '')}",
-        f"  optimiser         : {o.get('name', '?')} ("
-        + ", ".join(f"{k}={v}" for k, v in o.items() if k != "name") + ")",
-        f"  initialisation    : {d.get('init', '?')}",
-        *training_lines(d, store.result(row.exp_id) or {}),
-        f"  validation acc    : {_pct(row.val_acc)}",
-        f"  test accuracy     : {_pct(row.test_acc)}" + tta_note(d, store.result(row.exp_id) or {}),
+        f"  source model      : {d.arch or row.model}",
+        f"  modified layers   : {d.modified_layers or '?'}",
+        f"  transfer type     : {row.regime}: {regime_text(d)}",
+        f"  optimiser         : {fmt.optimizer_text(d.optimizer or {})}",
+        f"  initialisation    : {d.init or '?'}",
+        *training_lines(d, res),
+        f"  validation acc    : {fmt.ci(row.val_acc, row.val_n, 'en')}",
+        f"  test accuracy     : {fmt.ci(row.test_acc, test_n(res), 'en')}" + tta_note(d, res),
     ]
+
+
+def regime_text(d: record.Description) -> str:
+    """The regime in English, from the registry (regimes.py) and the stored record."""
+    from .. import regimes
+    return regimes.text(d.facts(), "en") if d.regime else (d.regime_description or "")
+
+
+def test_n(res: Result | None) -> int | None:
+    """Test images a result was scored on (its stored predictions), None if unknown."""
+    return len(res.test_predictions) if res is not None and res.test_predictions else None
 
 
 def final_summary(f: dict) -> list[str]:
@@ -151,9 +176,7 @@ def final_summary(f: dict) -> list[str]:
         return [f"final model: {f['name']} ({f['status']}"
                 + (f": {f['reason_failed']}" if f.get("reason_failed") else "") + ")",
                 f"  chosen because  : {chosen.get('reason', '?')}"]
-    ci = f.get("test_interval95")
-    test = f"{f['test_acc']:.2%}" + (f" (95% CI {ci[0]:.1%}-{ci[1]:.1%}, n={f['test_n']})"
-                                     if ci else "")
+    test = fmt.ci(f["test_acc"], f.get("test_n"), "en")
     return [
         f"final model: {f['name']} (the grid's {chosen.get('parent', '?')} trained again on "
         f"all {f.get('train_images') or '?'} training images)",
@@ -162,16 +185,15 @@ def final_summary(f: dict) -> list[str]:
         f"  source model    : {f['source_model']}",
         f"  modified layers : {f['modified_layers']}",
         f"  transfer type   : {f['transfer_type']}: {f['regime_description']}",
-        f"  optimiser       : {o.get('name', '?')} ("
-        + ", ".join(f"{k}={v}" for k, v in o.items() if k != "name") + ")",
-        f"  schedule        : {s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s); "
+        f"  optimiser       : {fmt.optimizer_text(o)}",
+        f"  schedule        : {fmt.schedule_text(s, 'en')}; "
         f"{f['epochs']} epochs (the last one kept: no validation split), batch {f['batch_size']}",
         f"  input           : {f['resolution']}px, augmentation {f['augment']}, label smoothing "
         f"{f['label_smoothing']}",
         f"  initialisation  : {f['initialisation']}",
         *budget_lines(f.get("budget")),
         f"  test accuracy   : {test}; "
-        + (f"with flip TTA (without: {f['test_acc_no_tta']:.2%})" if f["tta"] else "no TTA"),
+        + (f"with flip TTA (without: {fmt.pct(f['test_acc_no_tta'])})" if f["tta"] else "no TTA"),
     ]
 
 
@@ -210,7 +232,7 @@ def budget_lines(b: dict | None) -> list[str]:
 def report_json(name: str, store: Store, rows: list[Row], final: dict | None) -> dict:
     """`transferlab report --json`: the table, the validation-best grid row and the final model."""
     best = best_row(rows)
-    return {"study": name, "store": str(store.path), "rows": [r.as_dict() for r in rows],
+    return {"study": name, "store": typed_path(store.path), "rows": [r.as_dict() for r in rows],
             "best_on_validation": best.name if best else None, "final": final,
             "budget": (final or {}).get("budget"),
             "selection": ((final or {}).get("chosen") or {}).get("selection"),
@@ -218,27 +240,22 @@ def report_json(name: str, store: Store, rows: list[Row], final: dict | None) ->
             (best.test_acc if best else None)}
 
 
-def training_lines(d: dict, res: dict) -> list[str]:
+def training_lines(d: record.Description, res: Result | None) -> list[str]:
     """Epochs (and which one validation chose), batch size and LR schedule of a model."""
-    extra = res.get("extra") or {}
-    if extra.get("fit") == "cached features":
-        chosen = f"the last epoch; weight decay {extra.get('chosen_wd')} chosen on validation"
-    elif res.get("val_acc") is None:
+    if res is not None and res.on_features:
+        chosen = f"the last epoch; weight decay {res.chosen_wd} chosen on validation"
+    elif res is None or res.val_acc is None:
         chosen = "the last epoch: no validation split to choose one"
     else:
-        chosen = f"weights of epoch {res.get('best_epoch', '?')}, " + \
-            (extra.get("epoch_choice") or "chosen on validation")
-    s = d.get("schedule") or {}
-    sched = f"{s.get('name', '?')}, warmup {s.get('warmup_epochs', 0)} epoch(s)"
-    if s.get("layer_decay", 1) < 1:
-        sched += f", layer-wise LR decay {s['layer_decay']}"
-    return [f"  epochs            : {d.get('epochs', '?')} ({chosen})",
-            f"  batch size        : {d.get('batch_size', '?')}",
-            f"  LR schedule       : {sched}"]
+        chosen = f"weights of epoch {res.best_epoch or '?'}, " + \
+            (res.epoch_choice or "chosen on validation")
+    return [f"  epochs            : {d.epochs or '?'} ({chosen})",
+            f"  batch size        : {d.batch_size or '?'}",
+            f"  LR schedule       : {fmt.schedule_text(d.schedule or {}, 'en')}"]
 
 
-def tta_note(d: dict, res: dict) -> str:
+def tta_note(d: record.Description, res: Result | None) -> str:
     """Whether the test figure averages flip views, and the figure without them."""
-    if not d.get("tta"):
+    if not d.tta:
         return " (no flip TTA)"
-    return f" (with flip TTA; without {_pct(res.get('test_acc_no_tta'))})"
+    return f" (with flip TTA; without {fmt.pct(res and res.test_acc_no_tta)})"

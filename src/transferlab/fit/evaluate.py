@@ -84,6 +84,7 @@ def scores(ev: Evaluation, ev_plain: Evaluation, num_classes: int) -> dict:
 
 def val_scores(ev_plain: Evaluation, ev: Evaluation) -> dict:
     """Validation as the final choice compares it: the views the test figure uses, its loss
-    (the tie-break) and its size (for the interval)."""
+    (the tie-break), its size (for the interval) and its predictions per image (for the
+    paired test between two models)."""
     return {"val_acc": ev.acc, "val_acc_no_tta": ev_plain.acc, "val_loss": ev.loss,
-            "val_n": len(ev.targets)}
+            "val_n": len(ev.targets), "val_predictions": ev.preds.tolist()}

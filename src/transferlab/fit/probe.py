@@ -13,16 +13,18 @@ import copy
 import dataclasses
 import math
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import dist, evaluate, optim
-from .config import ExperimentSpec
+from ..config import ExperimentSpec
+from .context import FitContext
 from .features import FeatureSet, cached_features, probe_views
-from .net import make_head
-from .record import EpochRow, format_epoch
+from ..net import make_head
+from ..record import EpochRow, format_epoch
 
 MAX_EXTENSIONS = 2  # extra weight decays tried beyond the edge of the configured grid
 EPOCH_CHOICE = "the last epoch (validation chose the weight decay)"  # what a probe reports
@@ -156,15 +158,24 @@ def _edge(wds: list[float], chosen: float) -> float | None:
     return None
 
 
+@dataclass
+class Sweep:
+    """The weight-decay sweep's outcome: the head validation chose and how it was chosen."""
+    head: nn.Module
+    history: list[dict]  # the chosen head's epoch rows
+    weight_decay: float
+    val_acc: float | None
+    rows: list[dict]  # every decay tried: {weight_decay, val_acc, added}
+    added: list[float]  # decays tried beyond the configured grid's edge
+
+
 def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say,
-          fold: bool = False):
+          fold: bool = False) -> Sweep:
     """Fit a head per weight decay and choose on validation, extending the grid past an edge.
 
     A cross-validation fold (`fold`) fits the configured grid only, so that every fold tries
     the same weight decays, and keeps each one's predictions on the held-out fold: the choice
-    is then made on the out-of-fold predictions of all folds together.
-
-    Returns (head, its epoch rows, chosen wd, its val acc, sweep rows, added wds)."""
+    is then made on the out-of-fold predictions of all folds together."""
     if len(val_y):
         wds = list(spec.probe_wd)
     else:  # nothing to choose on: the one weight decay given (a final stage's), else the optimiser's
@@ -198,7 +209,7 @@ def sweep(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, epochs, say
     if added and _edge([wd for wd, _ in tried], best[1]) is not None:
         say(f"  weight decay {best[1]:g} is still at the edge after {MAX_EXTENSIONS} extensions")
     acc, wd, head, hist = best
-    return head, hist, wd, acc, rows, added
+    return Sweep(head, hist, wd, acc if acc >= 0 else None, rows, added)
 
 
 def head_of(tried: list, wd: float) -> nn.Module:
@@ -228,11 +239,10 @@ def features_for(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics,
     return FeatureSet(feats, fs.seconds, fs.extracted, fs.mode)
 
 
-def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_epoch, say,
-        epochs: int | None = None) -> dict:
-    """Fit `net.head` on cached features of `net.backbone`; the scores and the sweep.
-
-    The fitted head (its standardisation folded in) is left in `net.head`."""
+def fit(ctx: FitContext, splits, feature_dir, numerics, epochs: int | None = None) -> dict:
+    """Fit the context's `net.head` on cached features of its `net.backbone`; the scores and
+    the sweep. The fitted head (its standardisation folded in) is left in `net.head`."""
+    spec, net, pipe, say = ctx.spec, ctx.net, ctx.pipe, ctx.say
     epochs = spec.epochs if epochs is None else epochs
     views = probe_views(spec)
     if not len(splits.y["val"]):
@@ -254,11 +264,11 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
     val_f = [norm(fs.feats["val", v]) for v in views.get("val", [])]
     val_y = splits.y["val"]
     t0 = time.perf_counter()
-    head, hist, best_wd, _, rows, added = sweep(
-        spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f, val_y, epochs,
-        say, fold=splits.pool is not None)
+    chosen = sweep(spec, train_f.shape[1], splits.num_classes, norm(train_f), train_y, val_f,
+                   val_y, epochs, say, fold=splits.pool is not None)
+    head, hist, best_wd = chosen.head, chosen.history, chosen.weight_decay
     for row in hist:
-        record_epoch(row)
+        ctx.record_epoch(row)
     say(f"  chosen on validation: weight decay {best_wd:g}; its epochs (the last one reported):")
     for row in hist:
         say(format_epoch(row, epochs))
@@ -276,9 +286,9 @@ def fit(spec: ExperimentSpec, net, pipe, splits, feature_dir, numerics, record_e
                    val_predictions=ev_val.preds.tolist())
     out.update(best_epoch=epochs,
                train_seconds=fs.seconds + time.perf_counter() - t0,
-               extra={"fit": "cached features", "probe_sweep": rows, "chosen_wd": best_wd,
+               extra={"fit": "cached features", "probe_sweep": chosen.rows, "chosen_wd": best_wd,
                       "constant_features": constant,
-                      "wd_grid_extended": added, "epoch_choice": EPOCH_CHOICE,
+                      "wd_grid_extended": chosen.added, "epoch_choice": EPOCH_CHOICE,
                       "feature_seconds": fs.seconds, "features_extracted": fs.extracted,
                       "feature_extraction": fs.mode})
     return out

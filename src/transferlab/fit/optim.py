@@ -11,8 +11,8 @@ import math
 import torch
 from torch import nn
 
-from . import regimes
-from .config import ExperimentSpec
+from .. import regimes
+from ..config import ExperimentSpec
 
 
 # ------------------------------------------------------------------ parameter groups

@@ -12,9 +12,9 @@ from collections import OrderedDict
 
 import torch
 
-from . import models, regimes
-from .config import ExperimentSpec, Study
-from .errors import WeightsUnavailable
+from .. import models, regimes
+from ..config import ExperimentSpec, Study
+from ..errors import WeightsUnavailable
 
 
 def specs_by_model(study: Study) -> "OrderedDict[str, list[ExperimentSpec]]":
@@ -76,8 +76,8 @@ def regime_rows(net: models.Net, specs: list[ExperimentSpec]) -> list[dict]:
         phases = regimes.phases(s)
         for ph in range(len(phases)):
             plan = regimes.apply(net, s, phase=ph)
-            label = s.regime + (f" (phase {ph + 1})" if len(phases) > 1 else "")
-            rows.append({"experiment": s.name, "regime": label,
+            rows.append({"experiment": s.name, "regime": s.regime,
+                         "phase": ph + 1 if len(phases) > 1 else None,
                          "trained": plan.trained, "frozen": plan.frozen,
                          "trained_params": plan.trained_params,
                          "frozen_params": plan.frozen_params,

@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from .augment import Pipeline
-from .config import ExperimentSpec
+from ..config import ExperimentSpec
 from .hardware import Numerics
 from .kernels import frozen_for_inference
-from .net import Net
+from ..net import Net
 from .optim import autocast
-from .util import atomic_save, eval_batch, load_or_set_aside, progress
+from ..util import atomic_save, eval_batch, load_or_set_aside, progress
 
 
 def feature_key(spec: ExperimentSpec, net: Net, split: str, view: str, number_format: str,

@@ -12,8 +12,9 @@ import logging
 import re
 from pathlib import Path
 
-from .errors import UserError
-from .resources import notebook_template, study_config
+from ..errors import UserError
+from ..places import typed_path
+from ..resources import is_shipped, notebook_template, study_config
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 log = logging.getLogger(__name__)
@@ -41,11 +42,10 @@ def inject(nb, params: dict, notes: list[str] = ()):
     return nb
 
 
-def _abs(p) -> str | None:
-    from .store import is_server_url
-    if is_server_url(p):  # a postgresql:// store is no path
-        return p
-    return str(Path(p).expanduser().resolve()) if p is not None else None
+def _typed(p) -> str | None:
+    """A path for the parameters cell as the user gave it, relative to the working folder
+    (the kernel's too): the executed report names no folder of this machine."""
+    return typed_path(Path(p).expanduser()) if p is not None else None
 
 
 def _store_for_kernel(store) -> tuple[str | None, dict | None, list[str]]:
@@ -56,10 +56,11 @@ def _store_for_kernel(store) -> tuple[str | None, dict | None, list[str]]:
     TRANSFERLAB_STORE, as `load_study` does, and the cell names it masked."""
     import os
 
-    from .config import STORE_ENV
-    from .store import is_server_url, mask_url
+    from ..config import STORE_ENV
+    from ..places import is_server_url
+    from ..store import mask_url
     if not is_server_url(store):
-        return _abs(store), None, []
+        return _typed(store), None, []
     return None, {**os.environ, STORE_ENV: store}, [
         f"store: {mask_url(store)}, passed to the kernel in ${STORE_ENV} (never written here)"]
 
@@ -130,19 +131,20 @@ def execute(config, out_dir: Path = Path("reports"), data: str | None = None,
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    from .config import load_study
-    from .data import fingerprint
+    from ..config import load_study
+    from ..data import fingerprint
 
     config = str(config)
     study = load_study(config, data=data, subset=subset, epochs=epochs,  # fails early, names files
                        fingerprint=fingerprint, budget=budget)
-    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir = Path(out_dir).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     src = Path(notebook) if notebook else notebook_template()
     nb = nbformat.read(src, as_version=4)
-    params = {"config": config, "workdir": str(Path.cwd()), "data": data, "subset": subset,
-              "epochs": epochs, "budget": budget,
-              "store": _abs(store), "data_root": _abs(data_root), "out_dir": str(out_dir),
+    # the kernel works in the current folder: every path is given relative to it where it can be
+    params = {"config": _typed(config) if not is_shipped(config) else config, "workdir": ".",
+              "data": data, "subset": subset, "epochs": epochs, "budget": budget,
+              "store": None, "data_root": _typed(data_root), "out_dir": _typed(out_dir),
               "run_study": True}
     params["store"], kernel_env, notes = _store_for_kernel(store)
     nb = inject(nb, params, notes)
@@ -186,21 +188,21 @@ CODE_SHOWN = [
     ("transferlab.regimes", "apply", "Заморозка по режиму: requires_grad по группам слоёв"),
     ("transferlab.regimes", "set_train_mode",
      "Режим train, но замороженные слои (BatchNorm) сохраняют свои статистики"),
-    ("transferlab.train", "Trainer._maybe_unfreeze",
+    ("transferlab.fit.train", "Trainer._maybe_unfreeze",
      "Смена фазы режима (gradual, lp-ft): после эпох одной головы — все слои"),
-    ("transferlab.optim", "param_groups",
+    ("transferlab.fit.optim", "param_groups",
      "Группы параметров оптимизатора: без weight decay на нормах и смещениях, послойный LR"),
-    ("transferlab.optim", "make_optimizer", "Оптимизатор"),
-    ("transferlab.optim", "lr_factor", "Расписание скорости обучения (множитель к базовому LR на шаге)"),
-    ("transferlab.train", "Trainer._train_epoch", "Шаг обучения: эпоха по батчам"),
-    ("transferlab.train", "Trainer.fit",
+    ("transferlab.fit.optim", "make_optimizer", "Оптимизатор"),
+    ("transferlab.fit.optim", "lr_factor", "Расписание скорости обучения (множитель к базовому LR на шаге)"),
+    ("transferlab.fit.train", "Trainer._train_epoch", "Шаг обучения: эпоха по батчам"),
+    ("transferlab.fit.train", "Trainer.fit",
      "Цикл по эпохам: валидация после каждой эпохи, веса лучшей по валидации эпохи"),
-    ("transferlab.evaluate", "on_images", "Оценка сети: логиты исходных и отражённых изображений (flip TTA)"),
-    ("transferlab.probe", "fit_heads",
+    ("transferlab.fit.evaluate", "on_images", "Оценка сети: логиты исходных и отражённых изображений (flip TTA)"),
+    ("transferlab.fit.probe", "fit_heads",
      "Линейная проба: головы для каждого weight decay обучаются на закэшированных признаках"),
-    ("transferlab.probe", "sweep",
+    ("transferlab.fit.probe", "sweep",
      "Выбор weight decay по валидации; выбор на краю сетки расширяет её"),
-    ("transferlab.probe", "fit",
+    ("transferlab.fit.probe", "fit",
      "Проба целиком: признаки, выбор weight decay по валидации, оценка на тесте"),
 ]
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import kernels
-from .util import cpu_name, default_data_root, train_mode_except_frozen
+from ..util import cpu_name, default_data_root, train_mode_except_frozen
 
 KINDS = ("train", "extract", "eval")
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import json
-import math
 import statistics
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from . import regimes
+from .. import regimes
 
 EXTERNAL_COLOUR = "#8c8c8c"
 EXTERNAL_TEXT = "внешний результат"  # legend of results obtained elsewhere
@@ -332,7 +331,3 @@ def html_table(header: list[str], rows: list[list], align_right: set[int] | None
         out.append("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(r)) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
-
-
-def pct(x) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2%}"

@@ -11,23 +11,41 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dist, evaluate, hardware, optim, regimes
-from .augment import Pipeline
-from .config import ExperimentSpec
-from .errors import ClaimLost, ExperimentFailed
+from . import dist, evaluate, hardware, optim
+from .. import regimes
+from ..config import ExperimentSpec
+from .context import FitContext
+from ..errors import ClaimLost, ExperimentFailed
 from .hardware import Numerics
 from .optim import make_optimizer
-from .record import BudgetPlan, EpochRow, format_epoch
-from .util import atomic_save, eval_batch, progress, safe_load
+from ..record import BudgetPlan, EpochRow, format_epoch
+from ..util import atomic_save, eval_batch, progress, safe_load
 
 
 # ------------------------------------------------------------------ the loop
+
+@dataclass
+class Best:
+    """The validation-best epoch so far (the trainer's state between epochs, checkpointed)."""
+    val: float = -1.0  # its validation accuracy (-1: no epoch scored yet)
+    epoch: int = -1
+    state: dict | None = None  # its weights, on the CPU
+    seconds: float = 0.0  # training time so far, every epoch counted
+
+    def as_dict(self) -> dict:
+        return {"best_val": self.val, "best_epoch": self.epoch, "best_state": self.state,
+                "seconds": self.seconds}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Best":
+        """What a checkpoint holds (under `track`, as every version wrote it)."""
+        return cls(d["best_val"], d["best_epoch"], d["best_state"], d["seconds"])
+
 
 @dataclass
 class FitResult:
@@ -69,18 +87,18 @@ class Shards:
 
 
 class Trainer:
-    """Trains `net` on in-memory splits; `on_epoch(row)` records each epoch in the store."""
+    """Trains the context's network on in-memory splits; each epoch row goes to
+    `ctx.record_epoch` (the store)."""
 
-    def __init__(self, net: nn.Module, spec: ExperimentSpec, pipe: Pipeline, device,
-                 numerics: Numerics, checkpoint: Path, on_epoch: Callable[[dict], None],
-                 say: Callable[[str], None], eval_numerics: Numerics | None = None,
-                 budget=None):
-        self.net, self.spec, self.pipe, self.device = net, spec, pipe, device
+    def __init__(self, ctx: FitContext, numerics: Numerics, checkpoint: Path,
+                 eval_numerics: Numerics | None = None, budget=None):
+        net, spec, device = ctx.net, ctx.spec, ctx.device
+        self.net, self.spec, self.pipe, self.device = net, spec, ctx.pipe, device
         self.numerics, self.eval_numerics = numerics, eval_numerics or numerics
         self.amp = optim.autocast(numerics, device)
         self.eval_amp = optim.autocast(self.eval_numerics, device)
         self.scaler = hardware.grad_scaler(device, numerics)
-        self.checkpoint, self.on_epoch, self.say = checkpoint, on_epoch, say
+        self.checkpoint, self.on_epoch, self.say = checkpoint, ctx.record_epoch, ctx.say
         # the regime's backprop phases run here, one after another (a cached-feature phase
         # before them, e.g. lp-ft's probe, was fitted by the probe; its rows come first)
         phases = regimes.phases(spec)
@@ -120,9 +138,9 @@ class Trainer:
             self.say(f"  epoch {self.offset + epoch + 1}: unfreezing {what} at "
                      f"{self._phase_scale()}x the learning rate")
 
-    def _resume(self) -> tuple[int, dict]:
+    def _resume(self) -> tuple[int, Best]:
         if not self.checkpoint.exists():
-            return 0, {"best_val": -1.0, "best_epoch": -1, "best_state": None, "seconds": 0.0}
+            return 0, Best()
         ck = safe_load(self.checkpoint)
         phase = ck.get("phase", self.phase)
         if phase != self.phase:
@@ -142,7 +160,7 @@ class Trainer:
         for row in self.history:  # the store may lack the last row (killed between the two writes)
             self.on_epoch(row)
         self.say(f"  resuming from checkpoint after epoch {self.offset + ck['epoch']}")
-        return ck["epoch"], ck["track"]
+        return ck["epoch"], Best.from_dict(ck["track"])
 
     def fit(self, x: dict, y: dict) -> FitResult:
         spec = self.spec
@@ -151,7 +169,7 @@ class Trainer:
         if shards.padded:
             self.say(f"  {world} processes: each epoch's last step is padded with "
                      f"{shards.padded} repeated image(s) so every process takes {shards.steps} steps")
-        start, track = self._resume()
+        start, best = self._resume()
         self._fix_plan(shards, resumed=start > 0)
         self.total = self.plan.total_steps if self.plan else shards.steps * self.epochs
         history, epoch = [], start
@@ -170,17 +188,17 @@ class Trainer:
                                            eval_batch(spec.batch_size, self.device),
                                            self.eval_amp, tta=spec.tta)
                 row.val_acc, row.val_loss = ev.acc, ev.loss
-                if ev.acc > track["best_val"]:
-                    track.update(best_val=ev.acc, best_epoch=self.offset + epoch + 1,
-                                 best_state=_cpu_state(self.net))
-            track["seconds"] += seconds
+                if ev.acc > best.val:
+                    best.val, best.epoch = ev.acc, self.offset + epoch + 1
+                    best.state = _cpu_state(self.net)
+            best.seconds += seconds
             row = row.as_dict()
             history.append(row)
             self.history.append(row)
             lost = None
             if rank == 0:
                 # checkpoint first: an epoch the store shows is always one a rerun resumes after
-                self._save(epoch + 1, track)
+                self._save(epoch + 1, best)
                 try:
                     self.on_epoch(row)
                 except ClaimLost as e:
@@ -191,11 +209,10 @@ class Trainer:
                 raise ClaimLost(lost)
             epoch += 1
             self.say(format_epoch(row, self.offset + self._epochs(shards)))
-        if track["best_state"] is None:
-            track.update(best_state=_cpu_state(self.net), best_epoch=self.offset + epoch)
-        best_val = track["best_val"] if track["best_val"] >= 0 else None
-        return FitResult(track["best_epoch"], best_val, track["best_state"], track["seconds"],
-                         history, steps=self.total, plan=self.plan)
+        if best.state is None:  # no validation split: the last epoch's weights
+            best.state, best.epoch = _cpu_state(self.net), self.offset + epoch
+        return FitResult(best.epoch, best.val if best.val >= 0 else None, best.state,
+                         best.seconds, history, steps=self.total, plan=self.plan)
 
     def _epochs(self, shards: Shards) -> int:
         """Epochs the fit runs: a budgeted plan's steps end inside the last one (which the
@@ -290,14 +307,14 @@ class Trainer:
             bar.close()
         return loss_sum, correct, seen
 
-    def _save(self, epoch: int, track: dict) -> None:
+    def _save(self, epoch: int, best: Best) -> None:
         atomic_save({"epoch": epoch, "phase": self.phase, "model": self.net.state_dict(),
                      "optimizer": self.opt.state_dict(), "rng": torch.get_rng_state(),
                      "cuda_rng": torch.cuda.get_rng_state(self.device)
                      if self.device.type == "cuda" else None,
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                      "numerics": {"train": self.numerics.name, "eval": self.eval_numerics.name},
-                     "track": track, "history": self.history,
+                     "track": best.as_dict(), "history": self.history,
                      "budget_plan": self.plan.as_dict() if self.plan else None}, self.checkpoint)
 
 

@@ -4,21 +4,20 @@ Pure functions: rows (report.Row), configs (experiment name -> its stored config
 split sizes in, Markdown out. Nothing here trains or reads files, so every sentence is a
 function of the numbers the tables show, and the tests check them against made-up rows.
 
-Noise: an accuracy measured on n images is a binomial proportion; its 95 % interval is the
-normal approximation p +- 1.96 sqrt(p (1 - p) / n). A gap between two accuracies counts as
-"within noise" when it is smaller than the 95 % half-width of the difference,
-1.96 sqrt(p1 (1 - p1) / n1 + p2 (1 - p2) / n2). Two models scored on the same images are
-positively correlated, so for them this half-width is an upper bound (the test is cautious).
+Noise (stats.py): an accuracy is stated with its 95 % Wilson interval, the same interval the
+tables and the CLI print for it. Two models scored on the same images are compared by
+McNemar's exact test on the images where exactly one of them is right; a gap is "inside the
+noise" when that test does not reject equal accuracy at 5 %. Where a result holds no
+predictions per image (stores written before they were kept) both intervals are stated
+instead, and a gap counts as inside the noise while they overlap.
 """
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 
-from . import regimes
-from .report import Row, best_row
-
-Z95 = 1.96
+from .. import regimes, stats
+from ..fmt import ci, pct, pp, span
+from .tables import Row, best_row
 
 # the settings that change what a regime comparison measures, in the order they are named
 SETTINGS = [("resolution", "разрешение"), ("optimizer", "оптимизатор"), ("epochs", "число эпох"),
@@ -28,43 +27,52 @@ SETTINGS = [("resolution", "разрешение"), ("optimizer", "оптими�
 BASELINE_GROUP = "базовая CNN (с нуля)"  # the baseline CNN is a group of its own
 
 
-def half_width(p: float, n: int) -> float:
-    """95 % half-width of a proportion p measured on n items (normal approximation)."""
-    return Z95 * math.sqrt(max(p * (1 - p), 0.0) / n) if n else float("nan")
-
-
-def interval(p: float, n: int) -> tuple[float, float]:
-    h = half_width(p, n)
-    return max(0.0, p - h), min(1.0, p + h)
-
-
-def gap_half_width(p1: float, n1: int, p2: float, n2: int) -> float:
-    """95 % half-width of p1 - p2 for independent samples (an upper bound for paired ones)."""
-    if not n1 or not n2:
-        return float("nan")
-    return Z95 * math.sqrt(p1 * (1 - p1) / n1 + p2 * (1 - p2) / n2)
-
-
-def within_noise(p1: float, n1: int, p2: float, n2: int) -> bool:
-    return abs(p1 - p2) <= gap_half_width(p1, n1, p2, n2)
-
-
-def pct(p: float | None) -> str:
-    return "—" if p is None else f"{p:.2%}".replace("%", " %")
-
-
-def pp(d: float) -> str:
-    """A gap in percentage points, signed."""
-    return f"{d * 100:+.2f} п.п."
-
-
 def with_interval(p: float | None, n: int) -> str:
-    if p is None:
-        return "—"
-    if not n:
-        return pct(p)
-    lo, hi = interval(p, n)
-    return f"{pct(p)} (95 % интервал {lo * 100:.1f}–{hi * 100:.1f} %, n = {n})"
+    return ci(p, n)
+
+
+def predictions(row: Row | None, split: str) -> tuple[list, list] | None:
+    """(predictions, labels) per image of `split` ("val" or "test") that a row's stored
+    result holds; None where it holds none (an old store, an external result)."""
+    res = getattr(row, "result", None)
+    if res is None:
+        return None
+    preds, labels = getattr(res, f"{split}_predictions"), getattr(res, f"{split}_labels")
+    return (preds, labels) if preds and labels and len(preds) == len(labels) else None
+
+
+def paired_test(a: Row, b: Row, split: str) -> stats.Paired | None:
+    """McNemar's test of two rows on `split`, where both hold predictions of the same images."""
+    pa, pb = predictions(a, split), predictions(b, split)
+    if pa is None or pb is None or pa[1] != pb[1]:  # other images (another split): not paired
+        return None
+    return stats.paired(pa[0], pb[0], pa[1])
+
+
+def _overlap(a: float, na: int, b: float, nb: int) -> bool:
+    (alo, ahi), (blo, bhi) = stats.wilson(a, na), stats.wilson(b, nb)
+    return alo <= bhi and blo <= ahi
+
+
+def comparison(a: Row, b: Row, split: str, na: int, nb: int,
+               acc=lambda r, split: getattr(r, f"{split}_acc")) -> tuple[str, bool | None]:
+    """(the gap of a over b on `split` with its verdict in words, inside the noise or not:
+    None where it cannot be told)."""
+    x, y = acc(a, split), acc(b, split)
+    test = paired_test(a, b, split)
+    if test is not None:
+        inside = not test.significant
+        return (f"{pp(x - y)}, {'в пределах шума' if inside else 'больше шума'} (тест Макнемара "
+                f"на тех же {test.n} изображениях: верно только у первой {test.only_a}, только у "
+                f"второй {test.only_b}, p = {test.p:.3g})"), inside
+    if not na or not nb:
+        return f"{pp(x - y)}, размер выборки неизвестен, шум оценить нельзя", None
+    inside = _overlap(x, na, y, nb)
+    verdict = "в пределах шума: интервалы перекрываются" if inside else \
+        "больше шума: интервалы не перекрываются"
+    return (f"{pp(x - y)}, {verdict} (95 % ДИ {span(*stats.wilson(x, na))} и "
+            f"{span(*stats.wilson(y, nb))}; предсказаний по изображениям в хранилище нет, "
+            "парный тест невозможен)"), inside
 
 
 def group_of(row: Row) -> str:
@@ -81,14 +89,6 @@ def _done(rows: list[Row]) -> list[Row]:
     return [r for r in rows if r.status == "done" and not r.external]
 
 
-def noise_sentence(a: float, na: int, b: float, nb: int) -> str:
-    h = gap_half_width(a, na, b, nb)
-    if math.isnan(h):
-        return "размер выборки неизвестен, шум оценить нельзя"
-    verdict = "в пределах шума" if abs(a - b) <= h else "больше шума"
-    return f"{pp(a - b)}, {verdict} (95 % полуширина разницы ±{h * 100:.2f} п.п.)"
-
-
 # ------------------------------------------------------------------ what won
 
 def winner_section(rows: list[Row], sizes: dict) -> list[str]:
@@ -103,13 +103,14 @@ def winner_section(rows: list[Row], sizes: dict) -> list[str]:
     rest = [r for r in rows if r is not best]
     second = best_row(rest)
     if second is not None:
+        gap, inside = comparison(best, second, "val", n_val, n_val)
         line = (f"Второе место по валидации — `{second.name}`: {pct(second.val_acc)}; разрыв "
-                f"на валидации {noise_sentence(best.val_acc, n_val, second.val_acc, n_val)}")
+                f"на валидации {gap}")
         if best.test_acc is not None and second.test_acc is not None:
             line += (f"; на тесте {pct(second.test_acc)}, разрыв "
-                     f"{noise_sentence(best.test_acc, n_test, second.test_acc, n_test)}")
+                     f"{comparison(best, second, 'test', n_test, n_test)[0]}")
         out.append(line + ".")
-        if n_val and within_noise(best.val_acc, n_val, second.val_acc, n_val):
+        if inside:
             out.append(f"На {n_val} валидационных изображениях первое и второе места не "
                        "различимы: порядок между ними мог бы смениться при другом разбиении или "
                        "seed.")
@@ -118,7 +119,7 @@ def winner_section(rows: list[Row], sizes: dict) -> list[str]:
     if top_test is not None and top_test is not best and best.test_acc is not None:
         out.append(f"Лучший тест среди всех экспериментов — у `{top_test.name}`: "
                    f"{pct(top_test.test_acc)}, разрыв с победителем "
-                   f"{noise_sentence(top_test.test_acc, n_test, best.test_acc, n_test)}. Но "
+                   f"{comparison(top_test, best, 'test', n_test, n_test)[0]}. Но "
                    "выбирать по тесту нельзя: это подгонка под тестовую выборку.")
     out += reference_lines(rows, best, n_test)
     return out
@@ -132,13 +133,13 @@ def reference_lines(rows: list[Row], best: Row, n_test: int) -> list[str]:
     for r in _done(rows):
         if group_of(r) == "baseline" and r is not best and r.test_acc is not None:
             out.append(f"Против базовой CNN `{r.name}` ({pct(r.test_acc)} на тесте) перенос "
-                       f"даёт {noise_sentence(best.test_acc, n_test, r.test_acc, n_test)}.")
+                       f"даёт {comparison(best, r, 'test', n_test, n_test)[0]}.")
     for r in rows:
         if r.external and r.test_acc is not None:
             out.append(f"Против внешнего результата `{r.name}` ({pct(r.test_acc)}"
                        + (f", {r.key}" if r.key else "") + f"): {pp(best.test_acc - r.test_acc)} "
                        "(его размер выборки неизвестен, шум учтён только для нашего теста: "
-                       f"±{half_width(best.test_acc, n_test) * 100:.2f} п.п.).")
+                       f"{with_interval(best.test_acc, n_test)}).")
     return out
 
 
@@ -239,13 +240,16 @@ def confound_section(rows: list[Row], configs: dict) -> list[str]:
 FINAL_KEYS = ("name", "parent", "val_acc", "test_acc", "epochs", "resolution", "train_size")
 
 
-def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dict) -> list[str]:
+def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dict,
+                  final_row: Row | None = None) -> list[str]:
     """What the final stage changed, read from its stored record.
 
     `final` comes from the final stage's record: a dict with at least name, parent (the grid
     experiment it retrains), val_acc (None when validation joined the training images),
     test_acc, epochs, resolution, train_size; optional test_size, seconds, test_acc_no_tta.
-    Without it the study has no final stage and its answer is the grid's best model.
+    `final_row`: its results row, whose stored predictions pair it with its parent on the
+    test images. Without `final` the study has no final stage and its answer is the grid's
+    best model.
     """
     if final is None:
         return ["**Финальная стадия** в этом исследовании не запускалась: ответ исследования — "
@@ -266,8 +270,10 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
            f"обучена заново как `{final['name']}`: " + ", ".join(changes) + "."]
     line = f"Тест финальной модели: {with_interval(final['test_acc'], n_test)}"
     if parent is not None and parent.test_acc is not None:
+        mine = final_row or Row(final["name"], None, "done", "", "", "", None, final["test_acc"],
+                                None)
         line += (f"; против {pct(parent.test_acc)} у `{parent.name}` в сетке: "
-                 f"{noise_sentence(final['test_acc'], n_test, parent.test_acc, sizes.get('test', 0))}")
+                 f"{comparison(mine, parent, 'test', n_test, sizes.get('test', 0))[0]}")
     out.append(line + ".")
     if final.get("test_acc_no_tta") is not None:
         out.append(f"Без flip TTA: {pct(final['test_acc_no_tta'])}.")
@@ -292,14 +298,15 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
 
 # ------------------------------------------------------------------ all of it
 
-def conclusions(rows: list[Row], configs: dict, sizes: dict, final: dict | None = None) -> str:
+def conclusions(rows: list[Row], configs: dict, sizes: dict, final: dict | None = None,
+                final_row: Row | None = None) -> str:
     """The conclusions as Markdown: winner and noise, cost, confounders, the final stage.
 
     rows: report.study_rows(...); configs: experiment name -> stored config dict; sizes: the
-    split sizes {"train": n, "val": n, "test": n}; final: see final_section.
+    split sizes {"train": n, "val": n, "test": n}; final, final_row: see final_section.
     """
     parts = [winner_section(rows, sizes), cost_section(rows), confound_section(rows, configs),
-             final_section(final, rows, configs, sizes)]
+             final_section(final, rows, configs, sizes, final_row)]
     return markdown([line for p in parts for line in p])
 
 
