@@ -37,7 +37,10 @@ from .record import BudgetPlan
 from .store import Store
 from .util import cpu_name
 
-MIN_FINAL_EPOCHS = 1.0  # a budget must leave the final at least this much training
+# A budget must leave the final at least this much training (of its dearest candidate until
+# the grid has chosen): half an epoch, so that a slow CPU (an AVX2-only EPYC) still fits the
+# quick study, whose dearest candidate is a from-scratch control.
+MIN_FINAL_EPOCHS = 0.5
 MARGIN_FRACTION, MARGIN_SECONDS = 0.03, 5.0  # kept back from the budget: a stated margin
 REPLAN_AT, REPLAN_MIN_STEPS = 0.03, 20  # when a new plan's rate is checked against the loop
 REPLAN_TOLERANCE = 0.15  # a loop further off its planned rate than this is re-planned once
