@@ -209,12 +209,13 @@ def test_final_steps_from_the_time_left_and_one_replan():
     assert BudgetPlan.from_dict(json.loads(json.dumps(again.as_dict()))) == again
 
 
-def test_an_overrun_grid_still_leaves_one_epoch():
+def test_an_overrun_grid_still_leaves_the_stated_minimum():
     fb = plan.FinalBudget("1m", grid_s=120.0, started=time.time(),
                           efficiency=plan.Efficiency(0.9, "measured"))
     fit = plan.FitBudget(fb, 90.0, "timed", 1.0, 4500, lambda p: None)
     p = fit.plan(steps_per_epoch=71, batch=64)
-    assert p.total_steps == 71 and "overruns its budget" in p.rate_how
+    assert plan.MIN_FINAL_EPOCHS == 0.5
+    assert p.total_steps == 36 and "overruns its budget" in p.rate_how
 
 
 # ------------------------------------------------------------------ whole studies

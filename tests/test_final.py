@@ -104,6 +104,21 @@ def test_final_of_a_probe_keeps_the_weight_decay_validation_chose(cli, workdir):
     assert json.loads(store.get(fin["id"])["config"])["probe_wd"] == [parent]
 
 
+def test_a_backprop_final_never_takes_a_probe(cli, workdir):
+    cfg = write_config(workdir / "bp.toml", FINAL.replace(
+        "[study.final]\n", '[study.final]\ncandidates = "backprop"\n', 1))
+    code, out, err = cli("run", cfg)
+    assert code == 0, out + err
+    fin = _report(cli, cfg)["final"]
+    assert fin["name"] == "final-base" and fin["chosen"]["parent"] == "base"
+    assert "probes left out" in fin["chosen"]["reason"]
+    assert "left out: lite0-linear (a probe" in out
+    bad = write_config(workdir / "bad.toml", FINAL.replace(
+        "[study.final]\n", '[study.final]\ncandidates = "finetunes"\n', 1))
+    code, _, err = cli("run", bad)
+    assert code != 0 and "[study.final]" in err and "backprop" in err
+
+
 def test_ties_break_by_validation_loss():
     from transferlab.final import Candidate, rank_key
     a = Candidate("a", "1", 0.8, 0.70, 100)

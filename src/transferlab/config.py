@@ -124,6 +124,9 @@ class ExperimentSpec:
         return dataclasses.asdict(self)
 
 
+FINAL_CANDIDATES = ("all", "backprop")
+
+
 @dataclass(frozen=True)
 class FinalSpec:
     """[study.final]: after the grid, the configuration validation chose is trained again on
@@ -133,6 +136,9 @@ class FinalSpec:
     resolution: int = 0  # 0 = the chosen experiment's own
     batch_size: int = 0  # 0 = the chosen experiment's own
     subset: int = 0  # train images per class for the final fit; 0 = all of them
+    # Which grid experiments the final may take: "all", or "backprop" (no probe on cached
+    # features: a probe's final has a fixed cost, so it cannot use what a budget leaves).
+    candidates: str = "all"
 
 
 @dataclass(frozen=True)
@@ -543,6 +549,9 @@ def _parse_final(ctx, table, epochs_override: int | None) -> FinalSpec | None:
                        "batch_size, subset")
     merged = _merge_section(ctx, "[study.final]", FinalSpec, {}, table, "")
     final = FinalSpec(**merged)
+    if final.candidates not in FINAL_CANDIDATES:
+        raise ctx.fail("[study.final]", f"candidates must be one of {', '.join(FINAL_CANDIDATES)}"
+                       f", got {final.candidates!r}")
     for key in ("epochs", "resolution", "batch_size", "subset"):
         if getattr(final, key) < 0:
             raise ctx.fail("[study.final]", f"{key} must be 0 (the chosen experiment's own) or "

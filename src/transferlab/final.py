@@ -60,6 +60,7 @@ class Plan:
     excluded: tuple[str, ...]  # failed or skipped, with why
     selection: selection.Selection | None = None  # how the choice is made (once the grid is done)
     paired: stats.Paired | None = None  # the choice against the runner-up, on validation
+    candidates: str = "all"  # [study.final] candidates: the pool the choice was made in
 
     @property
     def reason(self) -> str:
@@ -68,6 +69,8 @@ class Plan:
         best = self.ranking[0]
         what = "out-of-fold" if best.measure == "oof" else "validation"
         why = f"best {what} accuracy of {len(self.ranking)} grid experiment(s)"
+        if self.candidates == "backprop":
+            why += " trained by backprop (probes left out: [study.final] candidates = \"backprop\")"
         if len(self.ranking) > 1 and self.ranking[1].val_acc == best.val_acc:
             why += f" (tied with {self.ranking[1].name}; lower {what} loss)"
         return f"{why}: {best.text()}" + self.noise()
@@ -90,13 +93,17 @@ class Plan:
                 "ranking": [dataclasses.asdict(c) for c in self.ranking],
                 "excluded": list(self.excluded),
                 "selection": self.selection.summary() if self.selection else None,
-                "paired": dataclasses.asdict(self.paired) if self.paired else None}
+                "paired": dataclasses.asdict(self.paired) if self.paired else None,
+                "candidates": self.candidates}
 
 
 def candidates(study: Study, store: Store) -> tuple[list[Candidate], list[str], list[str]]:
     """(ranked candidates, experiments still to finish, experiments left out and why)."""
     ranked, waiting, excluded = [], [], []
     for spec in study.experiments:
+        if not eligible(study, spec):
+            excluded.append(f"{spec.name} (a probe: [study.final] candidates = \"backprop\")")
+            continue
         row = store.get(spec.id)
         status = row["status"] if row else "pending"
         if status in ("pending", "running"):
@@ -111,6 +118,11 @@ def candidates(study: Study, store: Store) -> tuple[list[Candidate], list[str], 
                                 int(res.val_n or 0)))
     ranked.sort(key=lambda c: rank_key(c.val_acc, c.val_loss))
     return ranked, waiting, excluded
+
+
+def eligible(study: Study, spec: ExperimentSpec) -> bool:
+    """Whether the final stage may take this grid experiment ([study.final] candidates)."""
+    return not (study.final and study.final.candidates == "backprop" and spec.uses_features)
 
 
 def plan(study: Study, store: Store) -> Plan:
@@ -130,7 +142,8 @@ def plan(study: Study, store: Store) -> Plan:
     spec = final_spec(parent, study.final, chosen, study.budget)
     # the paired test compares the holdout's predictions: a k-fold ranking is out of fold
     paired = runner_up(store, ranked) if sel.name != "kfold" else None
-    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel, paired)
+    return Plan(spec, parent, tuple(ranked), (), tuple(excluded), sel, paired,
+                study.final.candidates)
 
 
 def runner_up(store: Store, ranked: list[Candidate]) -> stats.Paired | None:

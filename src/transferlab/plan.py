@@ -343,7 +343,7 @@ def _plan_final(plan: StudyPlan, study, store, sizes, final_sizes, image_size, n
     else:
         cands = []
         for parent in study.experiments:
-            if parent.name not in rates_of:
+            if parent.name not in rates_of or not final.eligible(study, parent):
                 continue  # done (rates unknown here, timed again below), skipped or failing
             spec = final.final_spec(parent, study.final, None, study.budget)
             grid_res = parent.resolution or image_size
@@ -351,7 +351,8 @@ def _plan_final(plan: StudyPlan, study, store, sizes, final_sizes, image_size, n
                                        spec.resolution or image_size), 0.0, "estimated"))
         for parent in study.experiments:  # finished candidates: time them at the final's size
             row = store.get(parent.id)
-            if parent.name in rates_of or row is None or row["status"] != "done":
+            if (parent.name in rates_of or row is None or row["status"] != "done"
+                    or not final.eligible(study, parent)):
                 continue
             spec = final.final_spec(parent, study.final, None, study.budget)
             try:
