@@ -151,9 +151,9 @@ def final_reason(info: dict) -> str:
     if not ranking:
         return info.get("reason", "?")
     best = ranking[0]
-    pool = (" с обучением обратным распространением (линейные пробы на кэшированных признаках "
-            "в финал не берутся: их стоимость фиксирована, оставшееся время бюджета им не пригодится)"
-            if info.get("candidates") == "backprop" else "")
+    pool = (" с обучением обратным распространением (головы на кэшированных признаках "
+            "замороженной сети в финал не берутся: их стоимость фиксирована, и оставшееся "
+            "время бюджета им не пригодится)" if info.get("candidates") == "backprop" else "")
     out = (f"{best['name']} — лучшая точность на валидации среди {len(ranking)} экспериментов "
            f"сетки{pool}: {fmt.ci(best['val_acc'], int(best.get('val_n') or 0))}")
     if len(ranking) > 1:
