@@ -168,6 +168,10 @@ def test_plan_leaves_the_final_what_the_grid_does_not_use():
     assert "does not fit" in msg and "a 20.0 min" in msg and "Nothing was run" in msg
     need = 1200 + 50 + 400
     assert f"--budget {math.ceil(need / 60)}m" in msg
+    done = plan.StudyPlan("s", "cpu", [_part("a", 1200, "done")], _part("final", 400), "dearest",
+                          spent_s=1200, efficiency=eff, budget="25m", budget_s=1500)
+    done.check()  # the grid is done: the final runs its minimum rather than lose the grid's time
+    assert any("overruns the budget" in line for line in done.lines())
 
 
 def test_seconds_of_counts_training_scoring_and_features():

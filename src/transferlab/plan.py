@@ -211,6 +211,10 @@ class StudyPlan:
         return sum(p.seconds for p in self.parts if p.status in ("pending", "rerun"))
 
     @property
+    def grid_done(self) -> bool:
+        return not any(p.status in ("pending", "rerun") for p in self.parts)
+
+    @property
     def margin_s(self) -> float:
         return margin_seconds(self.budget_s) if self.budget_s else 0.0
 
@@ -232,9 +236,12 @@ class StudyPlan:
         out.append(f"grid: ~{duration_text(self.grid_left_s)} still to run"
                    + (f", {duration_text(self.spent_s)} spent already" if self.spent_s else ""))
         if self.budget_s is not None and self.final is not None and not self.final_fixed:
-            out.append(f"final: the budget leaves it ~{duration_text(self.final_left_s)} "
+            out.append(f"final: the budget leaves it ~{duration_text(max(self.final_left_s, 0))} "
                        f"(after a {self.margin_s:.0f} s safety margin: "
                        f"{MARGIN_FRACTION:.0%} of the budget + {MARGIN_SECONDS:.0f} s)")
+            if self.grid_done and self.final_left_s < self.final.seconds:
+                out.append(f"  the grid is done: the final runs its minimum "
+                           f"(~{duration_text(self.final.seconds)}) and overruns the budget")
             if self.final_steps:
                 out.append(f"  -> ~{self.final_steps:,} optimizer steps = {self.final_epochs:.2f} "
                            f"epochs of {self.final_train_images:,} images at "
@@ -247,11 +254,13 @@ class StudyPlan:
         return out
 
     def check(self) -> None:
-        """Fail before any training if the grid leaves the final less than its minimum."""
+        """Fail before any training if the grid leaves the final less than its minimum. Once
+        the grid is done the final runs whatever is left: stopping then would throw away the
+        grid's time for no answer (it trains its minimum, and the log says it overruns)."""
         if self.budget_s is None or self.final is None or self.final_fixed:
             return
         need = self.final.seconds  # the dearest candidate's minimum
-        if self.final_left_s >= need:
+        if self.final_left_s >= need or self.grid_done:
             return
         fits = self.spent_s + self.grid_left_s + self.margin_s + need
         raise UserError(
