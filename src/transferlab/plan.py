@@ -207,12 +207,16 @@ class StudyPlan:
     final_fixed: bool = False  # the final has started (its plan is fixed) or finished
 
     @property
+    def pending(self) -> list[Part]:
+        return [p for p in self.parts if p.status in ("pending", "rerun")]
+
+    @property
     def grid_left_s(self) -> float:
-        return sum(p.seconds for p in self.parts if p.status in ("pending", "rerun"))
+        return sum(p.seconds for p in self.pending)
 
     @property
     def grid_done(self) -> bool:
-        return not any(p.status in ("pending", "rerun") for p in self.parts)
+        return not self.pending
 
     @property
     def margin_s(self) -> float:
@@ -240,8 +244,8 @@ class StudyPlan:
                        f"(after a {self.margin_s:.0f} s safety margin: "
                        f"{MARGIN_FRACTION:.0%} of the budget + {MARGIN_SECONDS:.0f} s)")
             if self.grid_done and self.final_left_s < self.final.seconds:
-                out.append(f"  the grid is done: the final runs its minimum "
-                           f"(~{duration_text(self.final.seconds)}) and overruns the budget")
+                out.append(f"  the grid is done: the final runs anyway, at least "
+                           f"~{duration_text(self.final.seconds)}, and overruns the budget")
             if self.final_steps:
                 out.append(f"  -> ~{self.final_steps:,} optimizer steps = {self.final_epochs:.2f} "
                            f"epochs of {self.final_train_images:,} images at "
@@ -275,8 +279,7 @@ class StudyPlan:
             f"fits: --budget {math.ceil(fits / 60)}m. Nothing was run or changed.")
 
     def _dearest_parts(self) -> list[Part]:
-        pending = [p for p in self.parts if p.status in ("pending", "rerun")]
-        return sorted(pending, key=lambda p: -p.seconds)[:3]
+        return sorted(self.pending, key=lambda p: -p.seconds)[:3]
 
 
 def make(study: Study, store: Store, specs: list[ExperimentSpec], sizes: dict,
