@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from transferlab import cli, plan
 from transferlab.config import parse_study
 from transferlab.durations import duration_text, parse_budget
 from transferlab.errors import UserError
+from transferlab.fit import probe
 from transferlab.record import BudgetPlan
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -188,8 +190,12 @@ def test_seconds_of_counts_training_scoring_and_features():
     assert "3 epoch(s) x 900 images at 90 img/s" in what
     sec, what = plan.seconds_of(s[1], sizes, rates, eff=0.9)
     images = 900 * 2 + 300 * 2
-    assert sec == pytest.approx(images / 500 + 30 * 1800 * 2 / plan.HEAD_SAMPLES_PER_S)
+    # 30 head epochs of 1,800 views for each of 2 decays and the one extension often tried
+    assert sec == pytest.approx(images / 500 + 30 * 1800 * 3 / plan.HEAD_SAMPLES_PER_S)
     assert f"features of {images:,} images" in what
+    rates["head"] = plan.Rate(2000.0, "measured")  # a timed head loop replaces the estimate
+    sec, _ = plan.seconds_of(s[1], sizes, rates, eff=0.9)
+    assert sec == pytest.approx(images / 500 + 30 * 1800 * 3 / 2000)
     at = plan.scaled(rates, 64, 80)["train"]
     assert at.img_per_s == pytest.approx(64.0) and not at.measured
 
@@ -363,3 +369,17 @@ def test_a_skip_before_any_work_charges_nothing(tmp_path, monkeypatch):
     assert runner.store.ledger(key) == pytest.approx(30, abs=2)
     runner._charge(True, Skip("no weights here"))  # after real work a skip's time counts
     assert runner.store.ledger(key) == pytest.approx(30, abs=2)
+
+
+def test_the_head_loop_is_timed_without_touching_the_global_rng():
+    mlp, lin = parse_study({"study": {"data": "synthetic"}, "experiment": [
+        {"name": "m", "model": "efficientnet_lite0", "regime": "linear", "batch_size": 32,
+         "head": {"kind": "mlp", "hidden": [64]}, "probe_wd": [0.0, 0.1]},
+        {"name": "l", "model": "efficientnet_lite0", "regime": "linear", "batch_size": 32,
+         "probe_wd": [0.0, 0.1, 1.0]}]}).experiments
+    torch.manual_seed(5)
+    expected = torch.rand(1)
+    torch.manual_seed(5)
+    for spec in (mlp, lin):
+        probe.head_rate(spec, 48, 10)
+    assert torch.rand(1) == expected

@@ -98,6 +98,7 @@ def test_dry_run_lists_work_and_trains_nothing(cli, smoke_config, workdir):
     code, out, _ = cli("run", smoke_config, "--dry-run")
     assert code == 0 and "still to run" in out and "pending" in out
     assert "img/s (m)" in out  # every pending part is costed from timed steps
+    assert "head " in out and "samples/s (m)" in out  # a probe's head loop too
     assert _epoch_rows(workdir / "runs" / "transferlab.db") == []
 
 

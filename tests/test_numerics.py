@@ -93,6 +93,25 @@ def test_auto_trains_fp32_and_infers_bf16_where_bf16_trains_slower(cli, workdir,
     assert cpu.calls == [] and "measured " in out and ", cached:" in out
 
 
+def test_a_timing_taken_under_load_is_taken_again(cli, workdir, monkeypatch):
+    """Timings far below what the work then ran at (another process had the CPU) are dropped
+    from the cache, so the next run times the case again instead of trusting them."""
+    loaded = {"train": {"fp32": 1.0, "fp32 + depthwise kernel": 1.0},
+              "extract": {"fp32": 1.0, "fp32 + frozen trace": 1.0}, "eval": {"fp32": 1.0}}
+    cpu = FakeCPU(monkeypatch, native_bf16=False, table=loaded, tmp_path=workdir)
+    cfg = write_config(workdir / "n.toml", STUDY)
+    code, out, err = cli("run", cfg)
+    assert code == 0, out + err
+    assert "train ran at" in out and "extract ran at" in out
+    assert "the timing was taken under load, so it is dropped from the cache" in out
+    kinds = [json.loads(k)["kind"] for k in json.loads((workdir / "numerics.json").read_text())]
+    assert "train" not in kinds and "extract" not in kinds
+    cpu.calls.clear()
+    code, out, err = cli("run", cfg, "--rerun", "*")
+    assert code == 0, out + err
+    assert {"train", "extract"} <= {k for k, _ in cpu.calls}  # timed again, not read back
+
+
 def test_without_native_bf16_bf16_is_never_a_candidate(monkeypatch, tmp_path):
     cpu = FakeCPU(monkeypatch, native_bf16=False, table=ZEN4, tmp_path=tmp_path)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())

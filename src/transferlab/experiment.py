@@ -111,6 +111,7 @@ def run(spec: ExperimentSpec, splits: Splits, exp_dir: Path, feature_dir: Path, 
     fitter = budget.for_fit(spec, choices, splits, record_plan) if budget is not None else None
     ctx = FitContext(spec, net, pipe, device, record_epoch, say)
     fitted = _fit(ctx, splits, exp_dir, feature_dir, choices, fitter)
+    _check_timings(choices, fitted, say)
     fitted.update(classes=splits.classes, total_seconds=time.perf_counter() - t_start,
                   peak_mem_mb=peak.stop(), val_labels=splits.y["val"].tolist() or None,
                   test_labels=splits.y["test"].tolist())
@@ -195,6 +196,19 @@ def precision_text(setting: str, choices: dict[str, Choice]) -> str:
     return f"{ran} (precision = \"{setting}\")"
 
 
+def _check_timings(choices: dict[str, Choice], fitted: dict, say) -> None:
+    """Compare the timed rates the choices (and a budget) used with what the work ran at."""
+    if dist.world() > 1:  # a loop's rate there counts every rank; a timing, one process
+        return
+    extra = fitted.get("extra") or {}
+    loops = {"train": extra.get("loop_img_per_s")}
+    if extra.get("features_extracted") and extra.get("feature_seconds"):
+        loops["extract"] = extra["features_extracted"] / extra["feature_seconds"]
+    for kind, rate in loops.items():
+        if kind in choices and (msg := hardware.retime_if_under_load(choices[kind], rate)):
+            say(f"  numerics       : {msg}")
+
+
 def _fit(ctx: FitContext, splits: Splits, exp_dir: Path, feature_dir: Path,
          choices: dict[str, Choice], budget=None) -> dict:
     """The regime's phases in order: a head on cached features first where the regime has
@@ -251,10 +265,15 @@ def _train(ctx: FitContext, splits: Splits, exp_dir: Path, choices: dict[str, Ch
         out.update(evaluate.val_scores(val_plain, val_ev), val_predictions=val_ev.preds.tolist())
     out.update(best_epoch=fit.best_epoch, train_seconds=fit.train_seconds,
                extra={"fit": "backprop", "epoch_choice": _epoch_choice(spec, splits),
-                      "steps": fit.steps})
+                      "steps": fit.steps, "loop_img_per_s": _mean_rate(fit.history)})
     if fit.plan is not None:  # what the budget planned, beside what ran
         out["extra"]["budget_plan"] = fit.plan.as_dict()
     return out
+
+
+def _mean_rate(history: list[dict]) -> float | None:
+    rates = [r["img_per_s"] for r in history if r.get("img_per_s")]
+    return round(sum(rates) / len(rates), 1) if rates else None
 
 
 def _epoch_choice(spec: ExperimentSpec, splits: Splits) -> str:

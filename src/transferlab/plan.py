@@ -32,6 +32,7 @@ from . import experiment, final, models, regimes
 from .config import ExperimentSpec, Study
 from .durations import duration_text, parse_budget
 from .errors import ExperimentFailed, UserError, WeightsUnavailable
+from .fit import probe
 from .fit.features import probe_views
 from .record import BudgetPlan
 from .store import Store
@@ -45,7 +46,7 @@ MARGIN_FRACTION, MARGIN_SECONDS = 0.03, 5.0  # kept back from the budget: a stat
 REPLAN_AT, REPLAN_MIN_STEPS = 0.03, 20  # when a new plan's rate is checked against the loop
 REPLAN_TOLERANCE = 0.15  # a loop further off its planned rate than this is re-planned once
 DEFAULT_EFFICIENCY = 0.85  # loop rate / timed-step rate before this machine has finished a fit
-HEAD_SAMPLES_PER_S = 1e5  # a probe head's fit on cached features (cheap; estimated)
+HEAD_SAMPLES_PER_S = 1e5  # a probe head's fit on cached features, where it was not timed
 CHECKPOINT_SECONDS = 2.0  # a final's per-epoch checkpoints, in all (estimated)
 
 
@@ -65,8 +66,8 @@ class Rate:
     def measured(self) -> bool:
         return self.how.startswith("measured")
 
-    def text(self) -> str:
-        return f"{self.img_per_s:.0f} img/s ({'m' if self.measured else 'e'})"
+    def text(self, unit: str = "img/s") -> str:
+        return f"{self.img_per_s:.0f} {unit} ({'m' if self.measured else 'e'})"
 
 
 @dataclass
@@ -80,7 +81,8 @@ class Part:
     note: str = ""
 
     def line(self) -> str:
-        rates = ", ".join(f"{k} {r.text()}" for k, r in self.rates.items())
+        rates = ", ".join(f"{k} {r.text('samples/s' if k == 'head' else 'img/s')}"
+                          for k, r in self.rates.items())
         cost = f"~{duration_text(self.seconds)}" if self.status in ("pending", "rerun") else \
             (f"took {duration_text(self.seconds)}" if self.seconds else "")
         tail = f"  [{self.note}]" if self.note else ""
@@ -146,7 +148,11 @@ def measure(spec: ExperimentSpec, image_size: int, num_classes: int, device, dat
     build_s = time.perf_counter() - t0
     choices = experiment.decide_numerics(spec, net, spec.resolution or image_size, device,
                                          need_rate=True, data_root=data_root)
-    return {k: Rate(c.rate, c.how) for k, c in choices.items() if c.rate}, build_s
+    rates = {k: Rate(c.rate, c.how) for k, c in choices.items() if c.rate}
+    if any(p.on_features(spec) for p in regimes.phases(spec)):
+        rate = probe.head_rate(spec, net.info.num_features, num_classes)
+        rates["head"] = Rate(rate, "measured: timed head steps on random features")
+    return rates, build_s
 
 
 def views(spec: ExperimentSpec) -> int:
@@ -165,7 +171,9 @@ def seconds_of(spec: ExperimentSpec, sizes: dict, rates: dict[str, Rate], eff: f
         images = n_train * len(pv["train"]) + (n_val + n_test) * len(pv["test"])
         total += images / rates["extract"].img_per_s
         head_epochs = sum(p.epochs(spec) for p in phases if p.on_features(spec))
-        total += head_epochs * n_train * len(pv["train"]) * len(spec.probe_wd) / HEAD_SAMPLES_PER_S
+        head = rates["head"].img_per_s if "head" in rates else HEAD_SAMPLES_PER_S
+        wds = len(spec.probe_wd) + 1  # the sweep often extends past an edge once
+        total += head_epochs * n_train * len(pv["train"]) * wds / head
         what.append(f"features of {images:,} images")
     bp_epochs = sum(p.epochs(spec) for p in phases if not p.on_features(spec))
     if bp_epochs:

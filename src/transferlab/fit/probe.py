@@ -91,6 +91,22 @@ def _fit(spec, in_dim, num_classes, train_f, train_y, val_f, val_y, wds, epochs)
     return list(zip(heads, histories))
 
 
+def head_rate(spec: ExperimentSpec, in_dim: int, num_classes: int, batches: int = 4) -> float:
+    """Timed head-fitting throughput on random features, in (sample x weight decay)/s as the
+    epoch rows count it: the loop the sweep runs (all linear heads side by side, other heads
+    one at a time), one epoch of warm-up, then two timed. The global RNG is left as it was."""
+    n = batches * spec.batch_size
+    wds = list(spec.probe_wd) if spec.head.kind == "linear" else list(spec.probe_wd[:1])
+    with torch.random.fork_rng(devices=[]):
+        f, y = torch.randn(n, in_dim), torch.randint(0, num_classes, (n,))
+        no_val = torch.empty(0, dtype=torch.long)
+        _fit(spec, in_dim, num_classes, f, y, [], no_val, wds, 1)
+        t0 = time.perf_counter()
+        _fit(spec, in_dim, num_classes, f, y, [], no_val, wds, 2)
+        seconds = time.perf_counter() - t0
+    return 2 * n * len(wds) / max(seconds, 1e-9)
+
+
 def _single(head, smoothing):
     def forward(x, y):
         out = head(x)
