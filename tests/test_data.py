@@ -171,3 +171,14 @@ def test_large_photos_are_not_all_held_at_full_size(tmp_path):
     assert splits["train"][0].shape == (18, 64, 64, 3) and splits["test"][0].shape == (6, 64, 64, 3)
     workers = D.decode_workers()
     assert peak < 5.8 * (3 * workers + 3), f"peak {peak:.0f} MB of numpy arrays"
+
+
+def test_the_description_names_the_folder_as_the_user_gave_it(tmp_path, monkeypatch):
+    """The report is the user's: a relative path stays relative, not this machine's absolute."""
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "photos" / split / c).mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    spec = DataSpec(source="imagefolder:photos", val_fraction=0.0)
+    assert D.describe_source(spec).startswith("image folder photos,")
+    assert str(tmp_path) not in D.describe_source(spec)

@@ -553,7 +553,9 @@ def fold_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
 
 
 def describe_source(spec: DataSpec) -> str:
-    kind, arg = parse_source(spec.source)
+    """The data in words, its path as the user gave it (the report is theirs to read)."""
+    kind, _ = parse_source(spec.source)  # validates; its resolved path is for reading only
+    arg = spec.source.partition(":")[2]
     what = {"cifar10": "CIFAR-10 (original, torchvision download)",
             "synthetic": "synthetic test images"}.get(kind, f"image folder {arg}")
     if kind == "imagefolder" and "cifar10-jpeg" in arg:

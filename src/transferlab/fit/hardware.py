@@ -341,7 +341,8 @@ def _measured_choice(device, kind, module, model_key, batch, resolution, channel
 
 # A loop does more than the bare steps it was timed by (augmentation, bookkeeping), so on a
 # quiet machine it runs below them (0.87-0.94x measured). One this much faster shows that the
-# timing was taken while something else loaded the CPU: its choice and rate are suspect.
+# timing is wrong: taken while something else loaded the CPU, or too short to settle (seen
+# once on a quiet Zen 4: Lite0 from random init, 1.20x). Its choice and rate are suspect.
 TIMED_UNDER_LOAD = 1.15
 
 
@@ -357,8 +358,9 @@ def retime_if_under_load(choice: Choice, loop_img_per_s: float | None) -> str | 
     if data.pop(key, None) is None or not _save_cache(path, data):
         return None
     return (f"{choice.kind} ran at {loop_img_per_s:.0f} img/s, {loop_img_per_s / choice.rate:.2f}x "
-            f"its timed {choice.rate:.0f} img/s ({choice.numerics.name}): the timing was taken "
-            "under load, so it is dropped from the cache and taken again next run")
+            f"its timed {choice.rate:.0f} img/s ({choice.numerics.name}): a timing this far "
+            "below the work is suspect (a busy machine, or too few steps to settle), so it is "
+            "dropped from the cache and taken again next run")
 
 
 def grad_scaler(device: torch.device, numerics: Numerics) -> torch.amp.GradScaler | None:
