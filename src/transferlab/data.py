@@ -548,20 +548,32 @@ def fold_splits(spec: DataSpec, root: Path, skip_bad: bool = False,
     y = {"train": pool_y[train_idx], "val": pool_y[val_idx], "test": base.y["test"]}
     pool = FoldPool(holdout, {"train": base.x["train"], "val": base.x["val"]},
                     {"train": train_idx, "val": val_idx}, spec.folds, spec.fold)
-    desc = f"{base.description}; fold {spec.fold + 1} of {spec.folds} of train + val held out"
-    return Splits(base.classes, x, y, desc, base.skipped, pool)
+    return Splits(base.classes, x, y, describe_source(spec), base.skipped, pool)
 
 
-def describe_source(spec: DataSpec) -> str:
+_WORDS = {  # the data in words: English for the CLI and the store, Russian for the report
+    "en": {"cifar10": "CIFAR-10 (original, torchvision download)",
+           "synthetic": "synthetic test images", "folder": "image folder {}",
+           "jpeg": "CIFAR-10, JPEG q75 re-encoded copy ({})", "subset": ", subset {}/class",
+           "val": ", val {:.0%} of train", "fold": "; fold {} of {} of train + val held out"},
+    "ru": {"cifar10": "CIFAR-10 (оригинал, загрузка torchvision)",
+           "synthetic": "синтетические тестовые изображения", "folder": "папка изображений {}",
+           "jpeg": "CIFAR-10, копия, перекодированная в JPEG q75 ({})",
+           "subset": ", подвыборка {} на класс", "val": ", валидация — {:.0%} обучающей",
+           "fold": "; валидация — фолд {} из {} (train + val)"},
+}
+
+
+def describe_source(spec: DataSpec, lang: str = "en") -> str:
     """The data in words, its path as the user gave it (the report is theirs to read)."""
+    w = _WORDS[lang]
     kind, _ = parse_source(spec.source)  # validates; its resolved path is for reading only
     arg = spec.source.partition(":")[2]
-    what = {"cifar10": "CIFAR-10 (original, torchvision download)",
-            "synthetic": "synthetic test images"}.get(kind, f"image folder {arg}")
-    if kind == "imagefolder" and "cifar10-jpeg" in arg:
-        what = f"CIFAR-10, JPEG q75 re-encoded copy ({arg})"
-    sub = f", subset {spec.subset}/class" if spec.subset else ""
-    return f"{what}{sub}, val {spec.val_fraction:.0%} of train"
+    what = w["jpeg" if kind == "imagefolder" and "cifar10-jpeg" in arg else
+             "folder" if kind == "imagefolder" else kind].format(arg)
+    sub = w["subset"].format(spec.subset) if spec.subset else ""
+    fold = w["fold"].format(spec.fold + 1, spec.folds) if spec.folds else ""
+    return f"{what}{sub}{w['val'].format(spec.val_fraction)}{fold}"
 
 
 

@@ -261,7 +261,8 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
     parent = next((r for r in rows if r.name == final["parent"]), None)
     pcfg = configs.get(final["parent"], {})
     budget = final.get("budget")
-    changes = [f"эпох {final['epochs']:g}" + (f" (задано бюджетом времени {budget['budget']}; "
+    epochs = f"{final['epochs']:.2f}" if budget else f"{final['epochs']:g}"  # as the plan says
+    changes = [f"эпох {epochs}" + (f" (задано бюджетом времени {budget['budget']}; "
                                              if budget else " (") + f"в сетке {pcfg.get('epochs', '?')})",
                f"разрешение {setting_value(final, 'resolution')} "
                f"(в сетке {setting_value(pcfg, 'resolution') if pcfg else '?'})",

