@@ -115,3 +115,11 @@ def test_the_budget_line_reads_as_russian_punctuation():
     assert text.startswith("25m на всё исследование: сетка заняла 3.6 мин, на обучение финала "
                            "осталось 20.0 мин → 2165 шагов оптимизатора (5.54 эпохи)")
     assert text.endswith("; выполнено шагов: 2165")
+
+
+def test_a_log_of_a_moved_folder_keeps_the_recorded_words(tmp_path):
+    from transferlab.report import log_ru
+    d = Description.from_dict({**DETAILS, "data": "image folder photos, val 10% of train"})
+    line = log_ru._data({"data": {"source": f"imagefolder:{tmp_path / 'gone'}"}}, d)
+    assert line == "image folder photos, val 10% of train; обучающая 7200, валидационная 800, " \
+                   "тестовая 1600"

@@ -10,6 +10,7 @@ import dataclasses
 from .. import fmt
 from ..config import DataSpec
 from ..data import describe_source
+from ..errors import UserError
 from ..record import BudgetPlan, Description, EpochRow, Result
 from ..store import Store
 from . import ru
@@ -22,7 +23,7 @@ def _data(config: dict, d: Description) -> str:
     spec = DataSpec(**{k: v for k, v in (config.get("data") or {}).items() if k in known})
     try:
         what = describe_source(spec, lang="ru")
-    except Exception:  # noqa: BLE001  (a moved folder: the record still has its own words)
+    except UserError:  # the folder has moved since: the record still has its own words
         what = d.data
     sizes = ", ".join(f"{ru.HEADERS.get(k, k)} {n}" for k, n in (d.split_sizes or {}).items())
     return f"{what}; {sizes}"
@@ -119,4 +120,3 @@ def experiment_log(store: Store, name: str, exp_id: str, final: bool = False) ->
                 + (f"{res.peak_mem_mb:.0f} МБ" if res.peak_mem_mb is not None else "?"),
                 f"  {'окружение'.ljust(15)}: {_environment(store.environment(exp_id) or {})}"]
     return out
-

