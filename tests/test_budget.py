@@ -219,6 +219,28 @@ def test_final_steps_from_the_time_left_and_one_replan():
     assert BudgetPlan.from_dict(json.loads(json.dumps(again.as_dict()))) == again
 
 
+def test_a_machine_that_slows_down_late_is_replanned_there_once():
+    """Later checks catch a loop that slows mid-final: they shorten it when the steps left
+    would overrun the time left by more than half the margin, and never lengthen it."""
+    fb = plan.FinalBudget("20m", grid_s=200.0, started=time.time(),
+                          efficiency=plan.Efficiency(0.9, "measured"))
+    fit = plan.FitBudget(fb, img_per_s=100.0, rate_how="timed", reserve_s=10.0,
+                         train_images=50000, record=lambda p: None)
+    p = fit.plan(steps_per_epoch=391, batch=128)
+    checks = fit.check_steps(p)
+    assert checks[0] == fit.check_step(p) and checks[1:] == [
+        math.ceil(f * p.total_steps) for f in plan.LATE_CHECKS]
+    half = p.total_steps // 2
+    fit.planned_at -= p.train_s / 2  # half the time gone, half the steps done
+    assert fit.replan(p, half, 100.0, late=True) is None  # on time
+    assert fit.replan(p, half, 120.0, late=True) is None  # ahead: it ends early, not longer
+    assert fit.replan(p, half, 97.0, late=True) is None  # behind by less than half the margin
+    slow = fit.replan(p, half, 85.0, late=True)  # 15 % slower for the rest: shortened
+    assert slow is not None and slow.total_steps < p.total_steps
+    assert slow.total_steps == pytest.approx(half + (p.train_s / 2) * 85 / 128, abs=2)
+    assert fit.replan(p, half, 90.0) is None  # the early rule: 10 % off is within its 15 %
+
+
 def test_an_overrun_grid_still_leaves_the_stated_minimum():
     fb = plan.FinalBudget("1m", grid_s=120.0, started=time.time(),
                           efficiency=plan.Efficiency(0.9, "measured"))

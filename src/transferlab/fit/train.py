@@ -113,7 +113,7 @@ class Trainer:
         # a budgeted final's planner (plan.py): it fixes the total steps when the fit starts
         self.budget, self.plan = budget, None
         self.total = 0  # optimizer steps the fit takes, all epochs together
-        self._check_at: int | None = None  # the step at which a new plan's rate is checked
+        self._checks: list[int] = []  # the steps at which a new plan's rate is checked
         self._timing: list[float] = [0.0, 0.0]  # wall time and images since the first step
 
     def _phase_at(self, epoch: int) -> int:
@@ -226,16 +226,16 @@ class Trainer:
         budget) decides; every rank takes the same steps."""
         if not dist.broadcast(self.budget is not None):
             return
-        plan, check_at = self.plan, None
+        plan, checks = self.plan, []
         kept = " (kept from the checkpoint)" if resumed else ""
         if dist.rank() == 0:
             if plan is None and self.budget.existing is not None:
                 plan, kept = self.budget.existing, " (kept from its first start)"
             elif plan is None:
                 plan = self.budget.plan(shards.steps, shards.per_rank * dist.world())
-                check_at = self.budget.check_step(plan)
+                checks = self.budget.check_steps(plan)
             self.budget.record(plan)
-        self.plan, self._check_at = dist.broadcast((plan, check_at))
+        self.plan, self._checks = dist.broadcast((plan, checks))
         self.say(f"  {self.plan.text()}{kept}")
 
     def _clock(self, done: int, images: int) -> None:
@@ -247,17 +247,20 @@ class Trainer:
             self._timing[1] += images
 
     def _check_rate(self, done: int) -> None:
-        """Once, early in a budgeted fit planned by this process: a loop more than the
-        tolerance off the planned rate has its total steps re-planned from the time left
-        (logged, both figures recorded). A fit that kept an earlier plan never re-plans."""
-        if self.plan is None or done != self._check_at:
+        """At most once in a budgeted fit planned by this process: early, a loop more than the
+        tolerance off the planned rate, or later, one that would overrun the time left, has its
+        total steps re-planned from the time left (logged, both figures recorded). A fit that
+        kept an earlier plan never re-plans."""
+        if self.plan is None or done not in self._checks:
             return
-        plan = None
+        plan, late = None, done != self._checks[0]
         if dist.rank() == 0:  # the others follow its decision
             since, images = self._timing
-            plan = self.budget.replan(self.plan, done, images / max(time.perf_counter() - since, 1e-9))
+            rate = images / max(time.perf_counter() - since, 1e-9)
+            plan = self.budget.replan(self.plan, done, rate, late=late)
         plan = dist.broadcast(plan)
         if plan is not None:
+            self._checks = []  # once in all: the schedule moves no more than that
             self.plan, self.total = plan, plan.total_steps
             self.say(f"  re-planned: {plan.text()}")
             if dist.rank() == 0:
