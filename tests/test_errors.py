@@ -88,8 +88,9 @@ def test_report_shows_a_model_without_its_weights_as_a_structure(monkeypatch):
     monkeypatch.setattr(models, "_hf_cached_file", lambda name: None)
     spec = ExperimentSpec(name="mnv3-linear", model="mobilenetv3_large_100", regime="linear")
     net = architecture.build_net(spec, 10)
-    assert net.info.init.startswith("ImageNet weights are not available here")
-    assert "experiments are skipped" in net.info.init and "huggingface.co is unreachable" in net.info.init
+    assert net.info.init.startswith("веса ImageNet здесь недоступны")
+    assert "эксперименты этой модели пропущены" in net.info.init  # the report is in Russian
+    assert "huggingface.co is unreachable" in net.info.init
     (row,) = architecture.regime_rows(net, [spec])
     assert row["trained"] == ["head"] and row["frozen_params"] > 1_000_000
     assert "trainable flags" in architecture.summary_for(net, spec, 64, depth=1)

@@ -39,8 +39,8 @@ def build_net(spec: ExperimentSpec, num_classes: int) -> models.Net:
     except WeightsUnavailable as e:
         net = models.build(dataclasses.replace(spec, weights="none"), num_classes)
         net.info = dataclasses.replace(net.info, init=(
-            f"ImageNet weights are not available here, so the structure is shown with random "
-            f"weights and this model's experiments are skipped ({e})"))
+            f"веса ImageNet здесь недоступны, поэтому структура показана со случайными весами, "
+            f"а эксперименты этой модели пропущены ({e})"))  # the report's own words
     net.eval()
     return net
 
