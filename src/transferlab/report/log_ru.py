@@ -14,7 +14,7 @@ from ..errors import UserError
 from ..record import BudgetPlan, Description, EpochRow, Result
 from ..store import Store
 from . import ru
-from .tables import epochs_total, test_n
+from .tables import epochs_total, log_header, test_n
 
 
 def _data(config: dict, d: Description) -> str:
@@ -97,12 +97,10 @@ def _environment(env: dict) -> str:
 def experiment_log(store: Store, name: str, exp_id: str, final: bool = False) -> list[str]:
     """Everything recorded about one experiment, as the notebook's training log shows it."""
     stage = "финальная стадия, " if final else ""
-    e = store.get(exp_id)
+    e, out = log_header(store, name, exp_id, stage, "ещё нет в хранилище",
+                        lambda st: f"статус: {ru.status(st)}", "причина")
     if e is None:
-        return [f"=== {name}  ({stage}id {exp_id}, ещё нет в хранилище)"]
-    out = [f"=== {name}  ({stage}id {exp_id}, статус: {ru.status(e['status'])})"]
-    if e["reason"]:
-        out.append(f"  {'причина'.ljust(15)}: {e['reason']}")
+        return out
     d, config = store.description(exp_id), store.config(exp_id)
     res = store.result_record(exp_id)
     if d is None:

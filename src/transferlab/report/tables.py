@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import fmt, record
@@ -22,15 +23,23 @@ def format_details(d: dict) -> list[str]:
     return record.format_details(d)
 
 
+def log_header(store: Store, name: str, exp_id: str, stage: str, missing: str,
+               status: Callable[[str], str], reason: str) -> tuple:
+    """An experiment log's first lines, in the words given: (its store row or None, lines)."""
+    e = store.get(exp_id)
+    if e is None:
+        return None, [f"=== {name}  ({stage}id {exp_id}, {missing})"]
+    out = [f"=== {name}  ({stage}id {exp_id}, {status(e['status'])})"]
+    return e, out + ([f"  {reason.ljust(15)}: {e['reason']}"] if e["reason"] else [])
+
+
 def experiment_log(store: Store, name: str, exp_id: str, stage: str = "") -> list[str]:
     """Everything recorded about one experiment, as `transferlab show` prints it and the
     notebook's training log shows it: status, description, epoch rows, scores, environment."""
-    e = store.get(exp_id)
+    e, out = log_header(store, name, exp_id, stage, "not in the store yet",
+                        lambda st: f"status {st}", "reason")
     if e is None:
-        return [f"=== {name}  ({stage}id {exp_id}, not in the store yet)"]
-    out = [f"=== {name}  ({stage}id {exp_id}, status {e['status']})"]
-    if e["reason"]:
-        out.append(f"  reason         : {e['reason']}")
+        return out
     d = store.description(exp_id)
     config = store.config(exp_id)
     if d is not None:
