@@ -74,4 +74,4 @@ def test_environment_record_and_its_text():
     assert ru.git_text({"git": "abc1234", "git_dirty": True}) == \
         "коммит abc1234, локальные изменения: есть"
     assert ru.git_text({"git": "abc1234", "git_dirty": False}).endswith("нет")
-    assert ru.git_text({}) == "коммит unknown, локальные изменения: неизвестно"  # older records
+    assert ru.git_text({}) == "коммит неизвестен, локальные изменения: неизвестно"  # older records

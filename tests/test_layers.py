@@ -21,7 +21,7 @@ LAYERS = [  # top first; a module may import from its own layer or any layer bel
     # views read records (and models): the final stage's choice and interval, tables,
     # conclusions, Russian labels, figures, architecture views, TensorBoard curves
     ("views", {"report.tables", "final", "selection", "report.conclusions", "report.ru",
-               "report.figures", "report.architecture", "tboard"}),
+               "report.log_ru", "report.figures", "report.architecture", "tboard"}),
     ("parts", {"fit.optim", "fit.evaluate", "fit.features"}),
     ("model", {"models", "net", "baseline"}),
     ("data", {"data", "fit.augment", "sources", "folds"}),

@@ -125,7 +125,7 @@ def test_run_and_notebook_from_an_empty_folder(study):
     page = (work / "reports" / "cifar10-quick.html").read_text(encoding="utf-8")
     assert "Сравнительная диаграмма" in page and page.count("data:image/png;base64,") >= 5
     # the kernel ran the installed copy: it belongs to no git checkout
-    assert "код          : transferlab, коммит unknown" in page
+    assert "код          : transferlab, коммит неизвестен" in page
     assert sorted(p.name for p in work.iterdir()) == ["reports", "runs"]
 
 
