@@ -152,3 +152,18 @@ def test_conclusions_markdown_has_every_part():
                  "Финальная стадия"):
         assert part in text
     assert ":\n\n- " in text and ".\n- " in text  # a list after its paragraph, items line by line
+
+
+def test_the_final_section_says_whether_the_study_kept_its_budget():
+    from transferlab.report.conclusions import _budget_kept
+    b = {"budget": "25m", "budget_seconds": 1500.0, "grid_seconds": 229.0, "final_seconds": 1379.0,
+         "study_seconds": 1608.0, "planned_steps": 1665, "actual_steps": 1665,
+         "planned_img_per_s": 180.0, "measured_img_per_s": 158.5}
+    final = {"name": "final-x", "parent": "x", "val_acc": None, "test_acc": 0.9098,
+             "epochs": 4.258, "resolution": 80, "train_size": 50000, "budget": b}
+    text = "\n".join(final_section(final, [], {}, {"test": 10000}))
+    assert "эпох 4.26 (задано бюджетом времени 25m" in text
+    assert ("всё исследование 26.8 мин; запланировано 1665 шагов оптимизатора, выполнено 1665 "
+            "(скорость по плану 180 изобр./с, в цикле 158). Исследование вышло за бюджет на "
+            "108 с: цикл финала шёл медленнее плана.") in text
+    assert _budget_kept({**b, "study_seconds": 1497.0}) == "Исследование уложилось в бюджет."

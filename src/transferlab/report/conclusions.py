@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from .. import regimes, stats
-from ..fmt import ci, pct, pp, span
+from ..fmt import ci, pct, pp, seconds, span
 from .tables import Row, best_row
 
 # the settings that change what a regime comparison measures, in the order they are named
@@ -292,6 +292,7 @@ def final_section(final: dict | None, rows: list[Row], configs: dict, sizes: dic
                    f"{budget['actual_steps']} (скорость по плану "
                    f"{budget['planned_img_per_s']:.0f} изобр./с, в цикле "
                    f"{budget['measured_img_per_s']:.0f}).")
+        out[-1] += " " + _budget_kept(budget)
     elif final.get("seconds"):
         out.append(f"Финальная стадия заняла {final['seconds']:.0f} с.")
     return out
@@ -319,3 +320,13 @@ def markdown(lines: list[str]) -> str:
             out += "\n" if line.startswith("- ") and lines[i - 1].startswith("- ") else "\n\n"
         out += line
     return out
+
+
+def _budget_kept(budget: dict) -> str:
+    """Whether the study ended inside its budget, and if not, by how much and why."""
+    over = budget["study_seconds"] - budget["budget_seconds"]
+    if over <= 0:
+        return "Исследование уложилось в бюджет."
+    slow = (budget.get("measured_img_per_s") or 0) < budget["planned_img_per_s"]
+    return (f"Исследование вышло за бюджет на {seconds(over)}"
+            + (": цикл финала шёл медленнее плана." if slow else "."))
