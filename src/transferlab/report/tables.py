@@ -34,8 +34,8 @@ def log_header(store: Store, name: str, exp_id: str, stage: str, missing: str,
 
 
 def experiment_log(store: Store, name: str, exp_id: str, stage: str = "") -> list[str]:
-    """Everything recorded about one experiment, as `transferlab show` prints it and the
-    notebook's training log shows it: status, description, epoch rows, scores, environment."""
+    """Everything recorded about one experiment, as `transferlab show` prints it: status,
+    description, epoch rows, scores, environment (the notebook's Russian log: log_ru.py)."""
     e, out = log_header(store, name, exp_id, stage, "not in the store yet",
                         lambda st: f"status {st}", "reason")
     if e is None:
